@@ -1,0 +1,271 @@
+"""List + watch of the Kubernetes API with the official client, one thread per kind.
+
+Each kind is listed, then watched from the list's resourceVersion with bookmarks. Events go to the cache
+and, for every real change, to the ``on_change`` callback.
+
+Invariants:
+- a kind reports ``on_synced`` once, after its first complete list is in the cache;
+- 410 Gone (expired resourceVersion) leads to a relist whose result replaces the kind atomically
+  (``Cache.replace``), so deletions missed while disconnected are still seen;
+- a dropped or stalled connection (no bytes, not even a bookmark, for ``stall_timeout``) is reconnected
+  from the last seen resourceVersion after a jittered exponential backoff; a stream closed cleanly by the
+  server (its timeoutSeconds) is resumed at once;
+- objects are kept as raw JSON dicts: no per-object model classes on the hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from kr_core.cache import Cache, CacheChange
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KindAPI:
+    """How to list and watch one kind with the official client."""
+
+    api: Callable[[client.ApiClient], Any]
+    list_method: str
+
+
+KIND_APIS: Mapping[str, KindAPI] = {
+    "nodes": KindAPI(client.CoreV1Api, "list_node"),
+    "namespaces": KindAPI(client.CoreV1Api, "list_namespace"),
+    "services": KindAPI(client.CoreV1Api, "list_service_for_all_namespaces"),
+    "pods": KindAPI(client.CoreV1Api, "list_pod_for_all_namespaces"),
+    "endpointslices": KindAPI(client.DiscoveryV1Api, "list_endpoint_slice_for_all_namespaces"),
+    "networkpolicies": KindAPI(client.NetworkingV1Api, "list_network_policy_for_all_namespaces"),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """Timeouts and backoff for the watch loop."""
+
+    stall_timeout: float = 120.0  # longer than the API server's bookmark period (about a minute)
+    watch_timeout: float = 300.0  # asks the server to end each watch after this, plus jitter
+    connect_timeout: float = 10.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+class RelistNeeded(Exception):
+    """The watch's resourceVersion expired (410 Gone)."""
+
+
+class KindWatcher:
+    """Lists and watches one kind until stopped."""
+
+    def __init__(
+        self,
+        kind: str,
+        api_client: client.ApiClient,
+        cache: Cache,
+        on_change: Callable[[CacheChange], None],
+        on_synced: Callable[[str], None],
+        settings: WatchSettings,
+        on_list: Callable[[str], None] = lambda kind: None,
+        on_restart: Callable[[str, str], None] = lambda kind, reason: None,
+    ) -> None:
+        self.kind = kind
+        self._list = getattr(KIND_APIS[kind].api(api_client), KIND_APIS[kind].list_method)
+        self._cache = cache
+        self._on_change = on_change
+        self._on_synced = on_synced
+        self._on_list = on_list
+        self._on_restart = on_restart
+        self._settings = settings
+        self._stop = threading.Event()
+        self._response: Any = None  # the open watch stream, closed by stop()
+        self._synced = False
+        self._thread = threading.Thread(target=self._run, name=f"watch-{kind}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            response.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # --- the loop
+
+    def _run(self) -> None:
+        version: str | None = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    version = self._relist()
+                version = self._watch_from(version)
+                failures = 0
+            except RelistNeeded:
+                log.info("%s: resourceVersion %s expired (410 Gone); relisting", self.kind, version)
+                self._on_restart(self.kind, "expired")
+                version = None
+                failures = 0
+            except Exception as exc:  # connection refused, reset, stalled, 5xx: back off and retry
+                if self._stop.is_set():
+                    return
+                failures += 1
+                delay = min(self._settings.backoff_initial * 2 ** (failures - 1), self._settings.backoff_max)
+                delay *= random.uniform(0.5, 1.0)
+                reason = _describe(exc)
+                self._on_restart(self.kind, "error")
+                log.warning("%s: watch failed (%s); retrying in %.1fs", self.kind, reason, delay)
+                self._stop.wait(delay)
+
+    def _request_timeout(self) -> tuple[float, float]:
+        return (self._settings.connect_timeout, self._settings.stall_timeout)
+
+    def _relist(self) -> str:
+        response = self._list(_preload_content=False, _request_timeout=self._request_timeout())
+        try:
+            body = json.loads(response.data)
+        finally:
+            response.release_conn()
+        items = body.get("items") or []
+        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        for item in items:  # list items carry no kind; add it so hooks see complete objects
+            item.setdefault("kind", body.get("kind", "").removesuffix("List"))
+            item.setdefault("apiVersion", body.get("apiVersion", ""))
+        changes = self._cache.replace(self.kind, _valid(self.kind, items))
+        self._on_list(self.kind)
+        log.info("%s: listed %d objects at resourceVersion %s (%d changes)", self.kind, len(items), version, len(changes))
+        for change in changes:
+            self._on_change(change)
+        if not self._synced:
+            self._synced = True
+            self._on_synced(self.kind)
+        return version
+
+    def _watch_from(self, version: str) -> str:
+        """Watch from ``version`` until the stream ends; return the last seen resourceVersion.
+
+        The stream is read line by line here rather than through ``kubernetes.watch.Watch``, whose
+        raw mode cannot report a 410 ERROR event and whose retry would silently reuse an expired version.
+        """
+        timeout = int(self._settings.watch_timeout * random.uniform(1.0, 1.2))
+        try:
+            response = self._list(
+                watch=True,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                _preload_content=False,
+                _request_timeout=self._request_timeout(),
+            )
+        except ApiException as exc:
+            if exc.status == 410:
+                raise RelistNeeded() from exc
+            raise
+        self._response = response
+        try:
+            for line in iter_resp_lines(response):
+                if not line:
+                    continue
+                version = self._handle(json.loads(line), version)
+                if self._stop.is_set():
+                    break
+        finally:
+            self._response = None
+            response.close()
+            response.release_conn()
+        return version
+
+    def _handle(self, event: Mapping[str, Any], version: str) -> str:
+        kind_of_event = event.get("type")
+        obj = event.get("object") or {}
+        new_version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+        if kind_of_event == "BOOKMARK":
+            return new_version
+        if kind_of_event == "ERROR":
+            if obj.get("code") == 410:
+                raise RelistNeeded()
+            raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+        if not _valid(self.kind, [obj]):
+            return new_version
+        if kind_of_event in ("ADDED", "MODIFIED"):
+            change = self._cache.upsert(self.kind, obj)
+        elif kind_of_event == "DELETED":
+            change = self._cache.delete(self.kind, obj)
+        else:
+            log.warning("%s: ignoring watch event of unknown type %r", self.kind, kind_of_event)
+            return new_version
+        if change is not None:
+            self._on_change(change)
+        return new_version
+
+
+def _valid(kind: str, objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Objects with a name; one without is logged and dropped (the cache is keyed by name)."""
+    kept = []
+    for obj in objects:
+        if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), Mapping) and obj["metadata"].get("name"):
+            kept.append(obj)
+        else:
+            log.warning("%s: skipping an object without metadata.name: %.200s", kind, json.dumps(obj, default=str))
+    return kept
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Watcher:
+    """One ``KindWatcher`` per kind; reports when all kinds have finished their first list."""
+
+    def __init__(
+        self,
+        kinds: Sequence[str],
+        api_client: client.ApiClient,
+        cache: Cache,
+        on_change: Callable[[CacheChange], None],
+        on_all_synced: Callable[[], None],
+        settings: WatchSettings,
+        on_list: Callable[[str], None] = lambda kind: None,
+        on_restart: Callable[[str, str], None] = lambda kind, reason: None,
+    ) -> None:
+        self._pending = set(kinds)
+        self._lock = threading.Lock()
+        self._on_all_synced = on_all_synced
+        self._kinds = [
+            KindWatcher(kind, api_client, cache, on_change, self._synced, settings, on_list, on_restart)
+            for kind in kinds
+        ]
+
+    def _synced(self, kind: str) -> None:
+        with self._lock:
+            self._pending.discard(kind)
+            done = not self._pending
+        if done:
+            log.info("all watched kinds listed; syncing may start")
+            self._on_all_synced()
+
+    def start(self) -> None:
+        for kind_watcher in self._kinds:
+            kind_watcher.start()
+
+    def stop(self) -> None:
+        for kind_watcher in self._kinds:
+            kind_watcher.stop()
+        for kind_watcher in self._kinds:
+            kind_watcher.join(timeout=2)

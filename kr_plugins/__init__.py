@@ -1,0 +1,1 @@
+"""kr's built-in plugins, one setuptools entry point each in the ``krouter.plugins`` group."""

@@ -1,0 +1,1 @@
+"""Plugins for looking at what the agent computes, without touching the datapath."""
