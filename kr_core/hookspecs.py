@@ -74,7 +74,7 @@ def kr_amend_desired_state(
     """Return an amended copy of the desired state, or None to leave it as it is.
 
     Level-triggered: called on every sync, after the core has built ``desired`` from the cache
-    ``snapshot`` and before any backend sees it. Implementations are chained in registration order,
+    ``snapshot`` and before any backend sees it. Implementations are chained in the order the plugins were loaded,
     each receiving the previous one's result. Must be pure: no datapath changes, no blocking I/O.
     Use ``dataclasses.replace(desired, extras=...)`` to pass data to a backend.
     """

@@ -77,8 +77,6 @@ class Metrics:
         self.watch_restarts = Counter(
             "kr_watch_restarts", "Watch reconnections per kind and reason.", ["kind", "reason"], registry=r)
         self.cache_objects = Gauge("kr_cache_objects", "Objects in the cache per kind.", ["kind"], registry=r)
-        self.skipped_objects = Gauge(
-            "kr_desired_state_skipped_objects", "Malformed objects left out of the last desired state.", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

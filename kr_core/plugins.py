@@ -114,7 +114,7 @@ class PluginHost:
     def add_options(self, taken: Mapping[str, str]) -> tuple[click.Option, ...]:
         """Collect the plugins' command-line options; ``taken`` maps flags already defined to owners."""
         registry = OptionRegistry(taken)
-        for impl in reversed(self.pm.hook.kr_add_options.get_hookimpls()):
+        for impl in self.pm.hook.kr_add_options.get_hookimpls():
             impl.function(options=_OwnedRegistry(registry, impl.plugin_name))
         return registry.added
 
@@ -126,7 +126,7 @@ class PluginHost:
     def backend_offers(self) -> dict[str, list[BackendSpec]]:
         """Plugin name -> the backend records it offers."""
         offers: dict[str, list[BackendSpec]] = {}
-        for impl in reversed(self.pm.hook.kr_backends.get_hookimpls()):
+        for impl in self.pm.hook.kr_backends.get_hookimpls():
             specs = list(impl.function() or ())
             for spec in specs:
                 if not isinstance(spec, BackendSpec):
@@ -144,7 +144,7 @@ class PluginHost:
         self, desired: DesiredState, snapshot: Mapping[str, Mapping[str, Any]], config: AgentConfig
     ) -> DesiredState:
         """Chain the ``kr_amend_desired_state`` implementations, each seeing the previous result."""
-        for impl in reversed(self.pm.hook.kr_amend_desired_state.get_hookimpls()):
+        for impl in self.pm.hook.kr_amend_desired_state.get_hookimpls():
             kwargs = {"desired": desired, "snapshot": snapshot, "config": config}
             result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
             if result is not None:
