@@ -216,6 +216,24 @@ def plugins(as_json: bool) -> None:
         click.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def apiserver(args: tuple[str, ...]) -> None:
+    """Run the Kubernetes API stand-in (``kr apiserver --help`` for its options)."""
+    from kr_apiserver.__main__ import main as apiserver_main
+
+    sys.exit(apiserver_main(list(args)))
+
+
+@main.command()
+@click.option("--node", default="kube-node1", show_default=True, help="The node the demo's agent runs as.")
+def demo(node: str) -> None:
+    """Show a real agent following the seed cluster through the API stand-in (loopback only)."""
+    from kr_lab.demo import run_demo
+
+    run_demo(node)
+
+
 @main.command()
 def version() -> None:
     """Print kr's version."""

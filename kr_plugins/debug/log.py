@@ -41,11 +41,15 @@ class LogBackend(Backend):
             raise RuntimeError(f"failing on purpose while {self.fail_while} exists")
         self.syncs += 1
         changed_keys = {kind: sorted(changed.keys(kind)) for kind in KINDS if changed.keys(kind)}
+        if changed.count() <= 8:
+            summary = ", ".join(f"{kind} {', '.join(keys)}" for kind, keys in changed_keys.items()) or "-"
+        else:  # one readable line, even for the first sync of a large cluster
+            summary = ", ".join(f"{len(keys)} {kind}" for kind, keys in changed_keys.items())
         log.info(
             "sync #%d (%s): %d service ports, %d endpoints, %d nodes, %d pods, %d policies; changed: %s",
             self.syncs, "full" if full else "partial", len(desired.services),
             sum(len(port.endpoints) for port in desired.services), len(desired.nodes), len(desired.pods),
-            len(desired.policies), ", ".join(f"{kind} {', '.join(keys)}" for kind, keys in changed_keys.items()) or "-",
+            len(desired.policies), summary,
         )
         if self.record_path:
             line = json.dumps({"time": time.time(), "sync": self.syncs, "full": full, "changed": changed_keys,
