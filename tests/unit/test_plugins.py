@@ -166,3 +166,28 @@ def test_kr_core_never_imports_kr_plugins() -> None:
                 names = [node.module]
             for name in names:
                 assert not name.startswith("kr_plugins"), f"{path.name} imports {name}"
+
+
+def test_run_flags_select_default_backends() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", "--run-router=false", "--run-service-proxy", "false"])
+    assert result.exit_code == 1 and "unknown plugin 'firewall.iptables'" in result.output
+    result = runner.invoke(main, ["run", "--run-firewall=false", "--run-service-proxy=false", "--run-router"])
+    assert result.exit_code == 1 and "unknown plugin 'routing.bgp'" in result.output
+    result = runner.invoke(main, ["run", "--run-router=false", "--plugins", "debug.log", "--master", "http://127.0.0.1:9",
+                                  "--min-sync-period", "-1"])
+    assert result.exit_code == 2 and "--min-sync-period" in result.output, "--plugins overrides --run-*"
+
+
+def test_cleanup_removes_what_debug_log_owns(tmp_path: pathlib.Path) -> None:
+    record = tmp_path / "record.jsonl"
+    record.write_text("{}\n")
+    result = CliRunner().invoke(main, ["cleanup", "--plugins", "debug.log", "--debug-record", str(record)])
+    assert result.exit_code == 0, result.output
+    assert not record.exists()
+
+
+def test_bad_bind_address_is_a_plain_error() -> None:
+    result = CliRunner().invoke(main, ["run", "--plugins", "debug.log", "--master", "http://127.0.0.1:9",
+                                       "--healthz-bind-address", "localhost"])
+    assert result.exit_code == 1 and "--healthz-bind-address must be HOST:PORT" in result.output
