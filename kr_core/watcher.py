@@ -90,6 +90,8 @@ class KindWatcher:
         self._stop = threading.Event()
         self._response: Any = None  # the open watch stream, closed by stop()
         self._synced = False
+        self._version: str | None = None  # the last resourceVersion seen; None = must (re)list
+        self._received = False  # whether the current attempt got any event
         self._thread = threading.Thread(target=self._run, name=f"watch-{kind}", daemon=True)
 
     def start(self) -> None:
@@ -107,34 +109,35 @@ class KindWatcher:
     # --- the loop
 
     def _run(self) -> None:
-        version: str | None = None
         failures = 0
         while not self._stop.is_set():
+            self._received = False
             try:
-                if version is None:
-                    version = self._relist()
-                version = self._watch_from(version)
+                if self._version is None:
+                    self._relist()
+                self._watch()
                 failures = 0
             except RelistNeeded:
-                log.info("%s: resourceVersion %s expired (410 Gone); relisting", self.kind, version)
+                log.info("%s: resourceVersion %s expired (410 Gone); relisting", self.kind, self._version)
                 self._on_restart(self.kind, "expired")
-                version = None
+                self._version = None
                 failures = 0
             except Exception as exc:  # connection refused, reset, stalled, 5xx: back off and retry
                 if self._stop.is_set():
                     return
-                failures += 1
+                # a watch that delivered something was healthy until now: start the backoff afresh
+                failures = 1 if self._received else failures + 1
                 delay = min(self._settings.backoff_initial * 2 ** (failures - 1), self._settings.backoff_max)
                 delay *= random.uniform(0.5, 1.0)
-                reason = _describe(exc)
                 self._on_restart(self.kind, "error")
-                log.warning("%s: watch failed (%s); retrying in %.1fs", self.kind, reason, delay)
+                log.warning("%s: watch failed (%s); resuming from resourceVersion %s in %.1fs",
+                            self.kind, _describe(exc), self._version, delay)
                 self._stop.wait(delay)
 
     def _request_timeout(self) -> tuple[float, float]:
         return (self._settings.connect_timeout, self._settings.stall_timeout)
 
-    def _relist(self) -> str:
+    def _relist(self) -> None:
         response = self._list(_preload_content=False, _request_timeout=self._request_timeout())
         try:
             body = json.loads(response.data)
@@ -150,13 +153,13 @@ class KindWatcher:
         log.info("%s: listed %d objects at resourceVersion %s (%d changes)", self.kind, len(items), version, len(changes))
         for change in changes:
             self._on_change(change)
+        self._version = version
         if not self._synced:
             self._synced = True
             self._on_synced(self.kind)
-        return version
 
-    def _watch_from(self, version: str) -> str:
-        """Watch from ``version`` until the stream ends; return the last seen resourceVersion.
+    def _watch(self) -> None:
+        """Watch from the last seen resourceVersion until the stream ends, keeping it up to date.
 
         The stream is read line by line here rather than through ``kubernetes.watch.Watch``, whose
         raw mode cannot report a 410 ERROR event and whose retry would silently reuse an expired version.
@@ -165,7 +168,7 @@ class KindWatcher:
         try:
             response = self._list(
                 watch=True,
-                resource_version=version,
+                resource_version=self._version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=timeout,
                 _preload_content=False,
@@ -180,37 +183,34 @@ class KindWatcher:
             for line in iter_resp_lines(response):
                 if not line:
                     continue
-                version = self._handle(json.loads(line), version)
+                self._handle(json.loads(line))
+                self._received = True
                 if self._stop.is_set():
                     break
         finally:
             self._response = None
             response.close()
             response.release_conn()
-        return version
 
-    def _handle(self, event: Mapping[str, Any], version: str) -> str:
+    def _handle(self, event: Mapping[str, Any]) -> None:
         kind_of_event = event.get("type")
         obj = event.get("object") or {}
-        new_version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-        if kind_of_event == "BOOKMARK":
-            return new_version
         if kind_of_event == "ERROR":
             if obj.get("code") == 410:
                 raise RelistNeeded()
             raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-        if not _valid(self.kind, [obj]):
-            return new_version
+        self._version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
+        if kind_of_event == "BOOKMARK" or not _valid(self.kind, [obj]):
+            return
         if kind_of_event in ("ADDED", "MODIFIED"):
             change = self._cache.upsert(self.kind, obj)
         elif kind_of_event == "DELETED":
             change = self._cache.delete(self.kind, obj)
         else:
             log.warning("%s: ignoring watch event of unknown type %r", self.kind, kind_of_event)
-            return new_version
+            return
         if change is not None:
             self._on_change(change)
-        return new_version
 
 
 def _valid(kind: str, objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

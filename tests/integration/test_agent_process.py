@@ -102,7 +102,8 @@ def test_survives_dropped_watches(apiserver: APIServer, start_agent: Callable[..
     apiserver.store.apply(NEW_SERVICE)
     agent.wait_for(lambda s: "backend/api-udp/dns" in services_in(s), timeout=PROMPT + 2, after=count)
     assert apiserver.stats.requests("services", "watch") > watches_before, "the agent re-opened its watch"
-    assert "watch failed" in agent.log() or "retrying" in agent.log()
+    assert "services: watch failed" in agent.log() and "resuming from resourceVersion" in agent.log()
+    assert apiserver.stats.requests("services", "list") == 1, "a dropped watch resumes; it does not relist"
 
 
 def test_relists_on_410_and_sees_deletions_missed_meanwhile(
