@@ -88,6 +88,8 @@ class Agent:
             on_list=lambda kind: self.metrics.watch_lists.labels(kind).inc(),
             on_restart=lambda kind, reason: self.metrics.watch_restarts.labels(kind, reason).inc(),
         )
+        self.health.synced_versions = self.programmed_versions
+        self._synced_versions: dict[str, str | None] = {}
         self.backends: list[tuple[str, Backend]] = []
         self._servers: list[Any] = []
         self._thread: threading.Thread | None = None
@@ -177,6 +179,7 @@ class Agent:
 
     def _sync(self, full: bool) -> None:
         started = time.monotonic()
+        versions = self.watcher.versions()  # read before the snapshot: it holds at least these
         changes = self.tracker.drain()
         self.metrics.endpoint_changes_pending.set(self.tracker.pending("endpointslices"))
         self.metrics.service_changes_pending.set(self.tracker.pending("services"))
@@ -200,11 +203,24 @@ class Agent:
         for kind, objects in snapshot.items():
             self.metrics.cache_objects.labels(kind).set(len(objects))
         self._observe_programming_latency(changes)
+        self._synced_versions = versions
         self.health.first_sync_done = True
         self.health.last_success = time.monotonic()
         log.info("sync %s ok in %.1f ms: %d changes, %d service ports, %d nodes, %d pods, %d policies",
                  mode, elapsed * 1000, changes.count(), len(desired.services), len(desired.nodes),
                  len(desired.pods), len(desired.policies))
+
+    def programmed_versions(self) -> dict[str, str | None]:
+        """Kind -> resourceVersion up to which every watched change is programmed.
+
+        When nothing is pending or running, that is what the watchers have seen (bookmarks included);
+        otherwise it is what the last successful sync saw. Tools (the lab's apply barrier) compare it
+        with the version of a write to know the write has reached the datapath.
+        """
+        seen = self.watcher.versions()  # read first: a change is recorded before its version is published
+        if self.health.first_sync_done and self.runner.idle and self.tracker.pending() == 0:
+            return seen
+        return dict(self._synced_versions)
 
     def _sync_backend(self, name: str, backend: Backend, desired: Any, full: bool, changes: ChangeSet) -> bool:
         started = time.monotonic()

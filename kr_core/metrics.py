@@ -5,7 +5,7 @@ so existing dashboards and alerts work unchanged; kr's own metrics are prefixed 
 
 Invariants:
 - metrics live in a registry per agent (not prometheus_client's global one), so tests can run several;
-- /healthz answers 200 only after the first successful sync, and 503 once a requested sync has waited
+- /healthz answers (JSON: healthy, reason, secondsSinceLastSync, syncedResourceVersions per kind) 200 only after the first successful sync, and 503 once a requested sync has waited
   longer than the stall timeout or the loop has not synced for longer than the resync interval plus
   that timeout (the sync loop is stuck).
 """
@@ -92,6 +92,7 @@ class HealthState:
         self.first_sync_done = False
         self.last_success: float | None = None
         self.requested_at: Callable[[], float | None] = lambda: None
+        self.synced_versions: Callable[[], dict[str, str | None]] = dict
 
     def check(self) -> tuple[bool, str]:
         """(healthy, reason)."""
@@ -131,7 +132,9 @@ def serve(address: str, port: int, routes: dict[str, Callable[[], tuple[int, str
 def health_route(health: HealthState) -> Callable[[], tuple[int, str, bytes]]:
     def route() -> tuple[int, str, bytes]:
         ok, reason = health.check()
-        body = json.dumps({"healthy": ok, "reason": reason, "lastSuccess": health.last_success}).encode() + b"\n"
+        since = None if health.last_success is None else round(time.monotonic() - health.last_success, 3)
+        body = json.dumps({"healthy": ok, "reason": reason, "secondsSinceLastSync": since,
+                           "syncedResourceVersions": health.synced_versions()}).encode() + b"\n"
         return (200 if ok else 503), "application/json", body
     return route
 

@@ -54,6 +54,7 @@ class SyncRunner:
         self._failures = 0
         self._retry_at: float | None = None
         self._stopped = False
+        self._running = False
 
     # --- requests (any thread)
 
@@ -82,6 +83,12 @@ class SyncRunner:
     def requested_at(self) -> float | None:
         """When the oldest unserved request was made, or None."""
         return self._requested_at
+
+    @property
+    def idle(self) -> bool:
+        """No sync running, none requested, none waiting to be retried."""
+        with self._cond:
+            return not self._running and self._requested_at is None and self._retry_at is None
 
     @property
     def last_success(self) -> float | None:
@@ -127,10 +134,12 @@ class SyncRunner:
             self._last_start = now
             self._requested_at = None
             self._full_needed = False
+            self._running = True
         try:
             self._sync(full)
         except Exception:
             with self._cond:
+                self._running = False
                 self._failures += 1
                 self._full_needed = True
                 # the request is not served until a sync succeeds: health checks see how long it waits
@@ -140,6 +149,7 @@ class SyncRunner:
                 log.exception("sync failed (%d in a row); retrying in %.1fs with a full sync", self._failures, self._backoff())
             return False
         with self._cond:
+            self._running = False
             self._failures = 0
             self._retry_at = None
             self._last_success = self._clock()

@@ -106,6 +106,11 @@ class KindWatcher:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    @property
+    def version(self) -> str | None:
+        """The last resourceVersion this kind has seen (events and bookmarks)."""
+        return self._version
+
     # --- the loop
 
     def _run(self) -> None:
@@ -199,18 +204,19 @@ class KindWatcher:
             if obj.get("code") == 410:
                 raise RelistNeeded()
             raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-        self._version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
-        if kind_of_event == "BOOKMARK" or not _valid(self.kind, [obj]):
-            return
-        if kind_of_event in ("ADDED", "MODIFIED"):
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
+        change = None
+        if kind_of_event in ("ADDED", "MODIFIED") and _valid(self.kind, [obj]):
             change = self._cache.upsert(self.kind, obj)
-        elif kind_of_event == "DELETED":
+        elif kind_of_event == "DELETED" and _valid(self.kind, [obj]):
             change = self._cache.delete(self.kind, obj)
-        else:
+        elif kind_of_event != "BOOKMARK":
             log.warning("%s: ignoring watch event of unknown type %r", self.kind, kind_of_event)
-            return
         if change is not None:
             self._on_change(change)
+        # published only after the change is recorded: whoever reads this version and then finds no
+        # pending change knows every change up to it has been handed to a sync
+        self._version = version
 
 
 def _valid(kind: str, objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -259,6 +265,10 @@ class Watcher:
         if done:
             log.info("all watched kinds listed; syncing may start")
             self._on_all_synced()
+
+    def versions(self) -> dict[str, str | None]:
+        """Kind -> the last resourceVersion seen."""
+        return {kind_watcher.kind: kind_watcher.version for kind_watcher in self._kinds}
 
     def start(self) -> None:
         for kind_watcher in self._kinds:

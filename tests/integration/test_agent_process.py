@@ -231,3 +231,23 @@ def test_unusable_kubeconfig_fails_plainly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Error: cannot configure the Kubernetes client" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_healthz_reports_programmed_resource_versions(apiserver: APIServer, start_agent: Callable[..., AgentProcess]) -> None:
+    import json
+
+    agent = start_agent()
+    first_sync(agent)
+    stored = apiserver.store.apply(NEW_SERVICE)
+    written = int(stored["metadata"]["resourceVersion"])
+    deadline = time.monotonic() + PROMPT
+    versions: dict = {}
+    while time.monotonic() < deadline:
+        versions = json.loads(agent.http(agent.healthz_port, "/healthz")[1])["syncedResourceVersions"]
+        if int(versions["services"] or 0) >= written:
+            break
+        time.sleep(0.05)
+    assert int(versions["services"]) >= written
+    # by the time the version is reported, the sync that includes the write has been recorded
+    assert any("backend/api-udp/dns" in services_in(s) for s in agent.syncs())
+    assert set(versions) == {"nodes", "services", "endpointslices", "pods", "namespaces", "networkpolicies"}
