@@ -1,6 +1,8 @@
 """The admin endpoints under ``/_kr/``: fault injection and counters for another process.
 
     GET  /_kr/stats                    counters (Stats.snapshot) and the store's resourceVersions
+    GET  /_kr/status                   the store's revision, each resource's latest revision, and what
+                                       the embedding process's status providers report
     POST /_kr/stats/reset              zero the request counters
     GET  /_kr/faults                   pending faults
     POST /_kr/faults/{action}          JSON body = keyword arguments of the Faults method:
@@ -45,6 +47,10 @@ def handle(api: API, method: str, path: str, body: Any) -> tuple[int, Any]:
     if method == "GET" and path == "/_kr/stats":
         store = {"resourceVersion": str(api.store.revision), "oldestResourceVersion": str(api.store.oldest)}
         return 200, {**api.stats.snapshot(), "store": store}
+    if method == "GET" and path == "/_kr/status":
+        latest = {resource: str(revision) for resource, revision in api.store.latest_revisions().items()}
+        extra = {name: provider() for name, provider in api.status_providers.items()}
+        return 200, {"resourceVersion": str(api.store.revision), "latest": latest, **extra}
     if method == "POST" and path == "/_kr/stats/reset":
         api.stats.reset()
         return 200, {}

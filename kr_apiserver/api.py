@@ -110,6 +110,9 @@ class API:
         self.stats = stats
         self.bookmark_interval = bookmark_interval
         self._server_address = server_address
+        #: name -> callable giving JSON-able state, served under GET /_kr/status (the lab's controllers
+        #: report their progress there)
+        self.status_providers: dict[str, Callable[[], Any]] = {}
 
     def handle(self, request: Request) -> Response | WatchStream:
         try:

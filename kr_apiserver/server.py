@@ -119,6 +119,11 @@ class APIServer:
     def url(self) -> str:
         return f"http://{self.address}"
 
+    @property
+    def status_providers(self) -> dict[str, Any]:
+        """Name -> callable whose JSON-able result GET /_kr/status includes (see ``kr_apiserver.admin``)."""
+        return self._api.status_providers
+
     def start(self) -> APIServer:
         if self._httpd is not None:
             raise RuntimeError("the server is already started")

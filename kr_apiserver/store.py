@@ -35,6 +35,11 @@ from kr_apiserver.status import APIError, bad_request
 from kr_apiserver.watch import Change, Object, Watch, translate
 
 Key = tuple[str, str]  # (namespace or "", name)
+#: An admission plugin: (resource plural, stored object or None on create, the new object, the stored
+#: objects of that resource) -> None. Called under the store lock before a create or an update of the
+#: main resource is committed; it may fill fields of ``new`` in place (allocate a ClusterIP) or raise
+#: ``APIError`` to refuse the write, as kube-apiserver's admission chain does.
+Admission = Callable[[str, "Object | None", dict[str, Any], Mapping[Key, "Object"]], None]
 
 _NAME_SUFFIX = string.ascii_lowercase + string.digits
 
@@ -64,6 +69,8 @@ class Store:
         self._oldest = self._revision  # the oldest revision a watch may start from
         self._watches: dict[str, set[Watch]] = {r.plural: set() for r in RESOURCES}
         self._watch_queue_size = watch_queue_size
+        self._latest: dict[str, int] = {}  # resource -> revision of its last committed change
+        self.admission: list[Admission] = []
 
     # --- reads
 
@@ -76,6 +83,11 @@ class Store:
     def oldest(self) -> int:
         with self._lock:
             return self._oldest
+
+    def latest_revisions(self) -> dict[str, int]:
+        """Resource -> the revision of its last committed change (resources never written are absent)."""
+        with self._lock:
+            return dict(self._latest)
 
     def get(self, resource: str, namespace: str | None, name: str) -> Object:
         r = _resource(resource)
@@ -112,6 +124,7 @@ class Store:
             meta["creationTimestamp"] = _now()
             if r.generation_fields:
                 meta["generation"] = 1
+            self._admit(r, None, new)
             self._commit(r, key, "ADDED", new)
             return new
 
@@ -271,6 +284,7 @@ class Store:
                     new["metadata"].pop(field, None)
             if any(new.get(field) != stored.get(field) for field in r.generation_fields):
                 new["metadata"]["generation"] = old_meta.get("generation", 0) + 1
+            self._admit(r, stored, new)
         if _without_version(new) == _without_version(stored):
             return stored
         self._commit(r, _key(r, old_meta.get("namespace"), name), "MODIFIED", new, stored)
@@ -288,9 +302,14 @@ class Store:
         self._commit(r, _key(r, meta.get("namespace"), meta["name"]), "DELETED", final)
         return final
 
+    def _admit(self, r: Resource, stored: Object | None, new: dict[str, Any]) -> None:
+        for admit in self.admission:
+            admit(r.plural, stored, new, self._objects[r.plural])
+
     def _commit(self, r: Resource, key: Key, kind_of_change: str, obj: Object, previous: Object | None = None) -> None:
         """Give ``obj`` the next revision, store (or remove) it, record the change and fan it out."""
         self._revision += 1
+        self._latest[r.plural] = self._revision
         obj["metadata"]["resourceVersion"] = str(self._revision)
         if kind_of_change == "DELETED":
             del self._objects[r.plural][key]

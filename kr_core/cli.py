@@ -11,6 +11,7 @@ kubeconfig) prints one plain ``Error: ...`` line and exits 1, before anything to
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import socket
@@ -70,6 +71,24 @@ def selected_plugins(values: dict[str, Any]) -> tuple[str, ...]:
     if values.get("plugins"):
         return parse_plugin_list(values["plugins"])
     return tuple(plugin for flag, plugin in DEFAULT_PLUGINS if values.get(flag, True))
+
+
+class LazyGroup(click.Group):
+    """A command group imported only when used (``kr lab`` pulls in the lab; ``kr run`` need not)."""
+
+    def __init__(self, name: str, target: str, help: str) -> None:  # noqa: A002 (click's name)
+        super().__init__(name=name, help=help)
+        self._target = target
+
+    def _group(self) -> click.Group:
+        module, _, attr = self._target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._group().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._group().get_command(ctx, cmd_name)
 
 
 class PluginCommand(click.Command):
@@ -225,13 +244,18 @@ def apiserver(args: tuple[str, ...]) -> None:
     sys.exit(apiserver_main(list(args)))
 
 
+main.add_command(LazyGroup("lab", "kr_lab.cli:lab",
+                           "A whole cluster on this machine, in network namespaces, with a real kr agent per node."))
+
+
 @main.command()
-@click.option("--node", default="kube-node1", show_default=True, help="The node the demo's agent runs as.")
-def demo(node: str) -> None:
-    """Show a real agent following the seed cluster through the API stand-in (loopback only)."""
+@click.option("--keep", is_flag=True, help="Leave the lab up afterwards (remove it with `kr lab down`).")
+@click.option("--state", "state_path", default=".kr-demo", show_default=True, type=click.Path(file_okay=False))
+def demo(keep: bool, state_path: str) -> None:
+    """Bring up the seed's cluster in namespaces and show pods reaching each other across nodes."""
     from kr_lab.demo import run_demo
 
-    run_demo(node)
+    run_demo(state_path, keep)
 
 
 @main.command()

@@ -17,14 +17,18 @@ Object = dict[str, Any]
 LAN_PREFIX = "192.168.56."
 NODES = {"kube-node1": ("101", "10.1.1.0/24"), "kube-node2": ("102", "10.1.2.0/24"), "kube-node3": ("103", "10.1.3.0/24")}
 SERVICE_CIDR = "10.96.0.0/12"
+MANAGED_BY = "kr-lab"  # the endpointslice.kubernetes.io/managed-by value of the lab's slices
 
 
-def node(name: str, ip: str, pod_cidr: str, labels: Mapping[str, str] | None = None) -> Object:
+def node(name: str, ip: str, pod_cidr: str, labels: Mapping[str, str] | None = None,
+         annotations: Mapping[str, str] | None = None) -> Object:
     return {
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+                     "annotations": dict(annotations or {})},
         "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
-        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                   "conditions": [{"type": "Ready", "status": "True"}]},
     }
 
 
@@ -99,7 +103,7 @@ def endpoint_slices(svc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"namespace": svc["metadata"]["namespace"], "name": f"{name}-{index}",
                          "labels": {"kubernetes.io/service-name": name,
-                                    "endpointslice.kubernetes.io/managed-by": "kr-lab"}},
+                                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
             "addressType": "IPv4",
             "ports": [{"name": pname, "port": number, "protocol": proto} for pname, number, proto in mapping],
             "endpoints": [{

@@ -1,130 +1,101 @@
-"""``kr demo`` (API side): a real ``kr run`` follows the seed cluster through the API stand-in.
+"""``kr demo``: the blog post's walkthrough on this machine, in network namespaces.
 
-It starts the API stand-in on loopback with the seed cluster, runs ``kr run --plugins debug.log`` as a
-separate process over HTTP with a kubeconfig, then scales, adds and deletes services while printing what
-the agent computed after each step. Nothing outside this process tree is touched: no namespaces, no
-routes, no rules; only 127.0.0.1.
-
-Invariant: the agent process and the server are stopped on every exit path (including Ctrl-C).
+It brings up the default lab (kube-master, kube-node1..3, pods on every node, a real ``kr run`` per node
+with the backends that exist), then applies the walkthrough's steps and prints a reachability table
+after each: pod to pod across nodes, and a Service as the cluster sees it. It tears everything down at
+the end unless ``--keep`` is given, also when interrupted.
 """
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
+from importlib import metadata
 from typing import Any
 
 import click
+import yaml
 
-from kr_apiserver import APIServer
-from kr_lab.cluster import endpoint_slices, pod, seed_cluster, service
-from kr_lab.kubeconfig import write_kubeconfig
+from kr_core.errors import KrError
+from kr_lab.cli import render_matrix
+from kr_lab.lab import Lab
+from kr_lab.spec import DEFAULT_SPEC_TEXT
+from kr_lab.state import StateDir
 
-Sync = dict[str, Any]
+#: the backends the demo runs when installed, in datapath order
+DEMO_PLUGINS = ("routing.static", "proxy.iptables", "firewall.iptables")
 
-
-class RecordReader:
-    """Reads the syncs the agent appends to its record file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.seen = 0
-
-    def next_sync(self, predicate: Callable[[Sync], bool], timeout: float = 15.0) -> Sync:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = self.path.read_text().splitlines() if self.path.exists() else []
-            for index in range(self.seen, len(lines)):
-                sync = json.loads(lines[index])
-                if predicate(sync):
-                    self.seen = index + 1
-                    return sync
-            time.sleep(0.05)
-        raise click.ClickException(f"the agent did not sync within {timeout:g}s")
+SCALE = {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"namespace": "backend", "name": "api-3", "labels": {"app": "api"}},
+         "spec": {"nodeName": "kube-node1", "containers": [{"name": "api", "ports": [
+             {"name": "http", "containerPort": 9090, "protocol": "TCP"}]}]}}
+SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "backend", "name": "api"},
+           "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
 
-def describe(sync: Sync) -> str:
-    lines = [f"  sync #{sync['sync']} ({'full' if sync['full'] else 'partial'}), changed: "
-             + (", ".join(f"{kind} {', '.join(keys)}" for kind, keys in sync["changed"].items()) or "-")]
-    for port in sync["desired"]["services"]:
-        ends = ", ".join(f"{e['address']}:{e['port']}{'*' if e['is_local'] else ''}" for e in port["endpoints"]) or "(none)"
-        vips = ",".join(port["cluster_ips"])
-        node_port = f" nodePort {port['node_port']}" if port["node_port"] else ""
-        lines.append(f"    {port['namespace']}/{port['name']}:{port['port_name'] or '-'}  {vips}:{port['port']}/{port['protocol']}"
-                     f"{node_port} -> {ends}")
-    return "\n".join(lines)
+def installed(names: tuple[str, ...]) -> list[str]:
+    available = {ep.name for ep in metadata.entry_points(group="krouter.plugins")}
+    return [name for name in names if name in available]
 
 
-def run_demo(node: str = "kube-node1") -> None:
-    objects = seed_cluster()
-    pods = [o for o in objects if o["kind"] == "Pod"]
-    with tempfile.TemporaryDirectory(prefix="kr-demo-") as workdir, \
-            APIServer("127.0.0.1", 0, bookmark_interval=5.0) as server:
-        for obj in objects:
-            server.store.apply(obj)
-        kubeconfig = write_kubeconfig(server.url, Path(workdir) / "kubeconfig")
-        record = Path(workdir) / "record.jsonl"
-        click.secho(f"API stand-in at {server.url} with the seed cluster: kube-node1..3, pod CIDRs 10.1.{{1,2,3}}.0/24, "
-                    f"services in 10.96.0.0/12; kubeconfig {kubeconfig}", bold=True)
-        command = [str(Path(sys.executable).with_name("kr")), "run", "--plugins", "debug.log",
-                   "--hostname-override", node, "--kubeconfig", str(kubeconfig), "--debug-record", str(record),
-                   "--min-sync-period", "0.5", "--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "off"]
-        click.secho("$ " + " ".join(command[1:]), fg="cyan")
-        agent = subprocess.Popen(command)
-        try:
-            reader = RecordReader(record)
-            steps: list[tuple[str, Callable[[], None], Callable[[Sync], bool]]] = [
-                ("the agent lists every kind, then makes its first (full) sync",
-                 lambda: None, lambda s: True),
-                ("scale backend/api: a third pod on kube-node1 joins the endpoints (* = local to this node)",
-                 lambda: _scale(server, pods), lambda s: _endpoint_count(s, "backend/api/http") == 3),
-                ("create service backend/metrics (ClusterIP 10.96.0.30, port 9100)",
-                 lambda: _add_metrics(server, pods), lambda s: _endpoint_count(s, "backend/metrics/metrics") == 3),
-                ("delete service frontend/web",
-                 lambda: server.store.delete("services", "frontend", "web"),
-                 lambda s: "frontend/web/http" not in _ports(s)),
-            ]
-            for number, (title, action, done) in enumerate(steps, 1):
-                click.secho(f"\nStep {number}: {title}", fg="green", bold=True)
-                action()
-                click.echo(describe(reader.next_sync(done)))
-                time.sleep(0.3)
-            click.secho("\nThe agent followed every change with one sync each. Stopping it (SIGTERM).", bold=True)
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+def step(number: int, title: str) -> None:
+    click.secho(f"\nStep {number}: {title}", fg="green", bold=True)
 
 
-def _ports(sync: Sync) -> dict[str, Any]:
-    return {f"{p['namespace']}/{p['name']}/{p['port_name']}": p for p in sync["desired"]["services"]}
+def show_matrix(lab: Lab) -> None:
+    started = time.monotonic()
+    rows = lab.matrix(None, None, timeout=1.0)
+    click.echo(render_matrix(rows))
+    click.echo(f"(each pod probed on its first declared port, {len(rows)} probes in {time.monotonic() - started:.1f}s)")
 
 
-def _endpoint_count(sync: Sync, key: str) -> int:
-    port = _ports(sync).get(key)
-    return len(port["endpoints"]) if port else 0
+def run_demo(state_path: str, keep: bool) -> None:
+    plugins = installed(DEMO_PLUGINS)
+    state_dir = StateDir(state_path)
+    if state_dir.exists():
+        Lab.down(state_dir)
+    step(1, f"bring up the seed's cluster: kube-master, kube-node1..3, pods on every node; kr runs {', '.join(plugins)}")
+    try:
+        lab = Lab.up(state_dir, yaml.safe_load(DEFAULT_SPEC_TEXT), plugins,
+                     progress=lambda message: click.echo("  " + message))
+        status = lab.status()
+        for node in status["nodes"]:
+            click.echo(f"  {node['name']}: {node['ip']}, pod CIDR {node['podCIDR']}, agent {node['agent']}")
+        step(2, "pod-to-pod reachability across nodes (routes to every node's pod CIDR come from kr)")
+        show_matrix(lab)
+
+        step(3, "scale backend/api: a third api pod starts on kube-node1 and is reachable from every node at once")
+        lab.apply([SCALE])
+        show_matrix(lab)
+
+        step(4, "create Service backend/api; the API stand-in allocates a ClusterIP and the endpoints follow the pods")
+        lab.apply([SERVICE])
+        _show_service(lab)
+        if "proxy.iptables" not in plugins:
+            click.echo("  (the service proxy backend is not installed yet, so traffic to the ClusterIP is not proxied)")
+        if "firewall.iptables" not in plugins:
+            click.echo("  (the NetworkPolicy step runs once the firewall backend is installed)")
+    except KrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if keep:
+            click.secho(f"\nThe lab stays up: kr lab status --state {state_path}; kr lab down --state {state_path}", bold=True)
+        else:
+            click.secho("\nTearing the lab down.", bold=True)
+            if state_dir.exists():
+                Lab.down(state_dir)
 
 
-def _scale(server: APIServer, pods: list[dict[str, Any]]) -> None:
-    extra = pod("backend", "api-3", "kube-node1", "10.1.1.3", {"app": "api"}, [("http", 9092, "TCP"), ("dns", 5353, "UDP")])
-    pods.append(extra)
-    server.store.apply(extra)
-    api = next(o for o in seed_cluster() if o["kind"] == "Service" and o["metadata"]["name"] == "api")
-    for slice_ in endpoint_slices(api, pods):
-        server.store.apply(slice_)
+def _show_service(lab: Lab) -> None:
+    from kubernetes import client
 
+    def read(api_client: client.ApiClient) -> Any:
+        core = client.CoreV1Api(api_client)
+        discovery = client.DiscoveryV1Api(api_client)
+        service = core.read_namespaced_service("api", "backend")
+        slices = discovery.list_namespaced_endpoint_slice("backend", label_selector="kubernetes.io/service-name=api")
+        return service, slices
 
-def _add_metrics(server: APIServer, pods: list[dict[str, Any]]) -> None:
-    metrics = service("backend", "metrics", "10.96.0.30", {"app": "api"}, [("metrics", 9100, 9100, "TCP")])
-    server.store.apply(metrics)
-    for slice_ in endpoint_slices(metrics, pods):
-        server.store.apply(slice_)
+    service, slices = lab.call_api(read)
+    endpoints = sorted(f"{endpoint.addresses[0]}:{port.port} ({endpoint.node_name})"
+                       for item in slices.items for endpoint in item.endpoints or [] for port in item.ports or [])
+    click.echo(f"  backend/api: ClusterIP {service.spec.cluster_ip}:80 -> {', '.join(endpoints)}")

@@ -1,0 +1,115 @@
+"""Probes: does a connection from one lab namespace to an IP and port succeed, and which pod answered?
+
+``probe`` opens a socket from a thread that entered the source namespace (``nsenter``), so the packets
+start exactly where a pod's or host's would. TCP and SCTP count as connected once the handshake completes
+(the answer is the identity line the echo server then sends); UDP counts once a reply datagram arrives.
+``probe_matrix`` runs many probes at once on a pool of threads, each entering its source per probe.
+
+Invariants:
+- the calling thread never changes namespace; only worker threads do, and they leave it again;
+- a probe never takes much longer than its ``timeout`` and never raises for a network outcome: refusals,
+  timeouts and unreachable networks come back as ``ProbeResult.error``;
+- no name is ever resolved: targets are IP addresses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import socket
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from kr_lab.nsenter import netns, run_in_netns
+
+_SOCKET_TYPES = {"TCP": (socket.SOCK_STREAM, socket.IPPROTO_TCP), "UDP": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+                 "SCTP": (socket.SOCK_STREAM, socket.IPPROTO_SCTP)}
+_ERRORS = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "timeout", errno.EHOSTUNREACH: "unreachable",
+           errno.ENETUNREACH: "unreachable", errno.EPROTONOSUPPORT: "unsupported", errno.ECONNRESET: "reset",
+           errno.EACCES: "denied", errno.EPERM: "denied"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe's outcome: ``ok`` when connected (TCP/SCTP) or answered (UDP); ``answer`` is the identity line."""
+
+    ok: bool
+    answer: str | None
+    error: str | None  # refused | timeout | unreachable | unsupported | reset | denied | errno name
+    elapsed: float
+
+
+def probe(from_netns: str, to_ip: str, port: int, protocol: str, timeout: float) -> ProbeResult:
+    """Probe ``to_ip:port/protocol`` from namespace ``from_netns``, giving up after ``timeout`` seconds."""
+    ipaddress.IPv4Address(to_ip)  # an address, never a name to resolve
+    return run_in_netns(from_netns, _probe_here, to_ip, port, protocol.upper(), timeout)
+
+
+def probe_matrix(pairs: Sequence[tuple[str, str]], port: int, protocol: str, timeout: float,
+                 parallelism: int = 16) -> list[ProbeResult]:
+    """Probe every ``(from_netns, to_ip)`` pair in parallel; results come back in the order of ``pairs``."""
+    for _, to_ip in pairs:
+        ipaddress.IPv4Address(to_ip)
+
+    def one(pair: tuple[str, str]) -> ProbeResult:
+        with netns(pair[0]):
+            return _probe_here(pair[1], port, protocol.upper(), timeout)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(pairs))), thread_name_prefix="probe") as pool:
+        return list(pool.map(one, pairs))
+
+
+def _probe_here(to_ip: str, port: int, protocol: str, timeout: float) -> ProbeResult:
+    kind, proto = _SOCKET_TYPES[protocol]
+    started = time.monotonic()
+
+    def result(ok: bool, answer: str | None = None, error: str | None = None) -> ProbeResult:
+        return ProbeResult(ok, answer, error, time.monotonic() - started)
+
+    try:
+        sock = socket.socket(socket.AF_INET, kind, proto)
+    except OSError as exc:
+        return result(False, error=_error_name(exc))
+    with sock:
+        try:
+            sock.settimeout(timeout)
+            sock.connect((to_ip, port))  # for UDP: fixes the peer, so ICMP errors come back on recv
+            if kind == socket.SOCK_DGRAM:
+                sock.send(b"probe\n")
+                return result(True, _line(sock.recv(65535)))
+        except TimeoutError:
+            return result(False, error="timeout")
+        except OSError as exc:
+            return result(False, error=_error_name(exc))
+        return result(True, _read_line(sock, started + timeout))
+
+
+def _read_line(sock: socket.socket, deadline: float) -> str | None:
+    """Read the server's first line until EOF, a newline or the deadline; None when it said nothing."""
+    data = b""
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:  # a reset or a timeout after connecting: keep what arrived
+        pass
+    return _line(data)
+
+
+def _line(data: bytes) -> str | None:
+    text = data.decode(errors="replace").split("\n", 1)[0].strip()
+    return text or None
+
+
+def _error_name(exc: OSError) -> str:
+    if exc.errno is None:
+        return str(exc)
+    return _ERRORS.get(exc.errno, errno.errorcode.get(exc.errno, str(exc.errno)))
