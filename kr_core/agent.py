@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import http.server
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +30,8 @@ from kr_core.cache import Cache, CacheChange
 from kr_core.changes import ChangeSet, ChangeTracker
 from kr_core.config import AgentConfig
 from kr_core.desired import build_desired_state
-from kr_core.errors import KrError
+from kr_core.errors import ConfigError, KrError
+from kr_core.model import DesiredState
 from kr_core.metrics import HealthState, Metrics, health_route, metrics_route, serve
 from kr_core.plugins import PluginHost
 from kr_core.runner import SyncRunner
@@ -83,6 +84,7 @@ class Agent:
         )
         self.health = HealthState(settings.stall_timeout, settings.resync_interval)
         self.health.requested_at = lambda: self.runner.requested_at
+        self.health.running_since = lambda: self.runner.running_since
         self.watcher = Watcher(
             self.kinds, api_client, self.cache, self._on_change, self.runner.set_ready, settings.watch,
             on_list=lambda kind: self.metrics.watch_lists.labels(kind).inc(),
@@ -91,13 +93,18 @@ class Agent:
         self.health.synced_versions = self.programmed_versions
         self._synced_versions: dict[str, str | None] = {}
         self.backends: list[tuple[str, Backend]] = []
-        self._servers: list[Any] = []
-        self._thread: threading.Thread | None = None
+        self._servers: list[http.server.HTTPServer] = []
+        self._node_seen: bool | None = None  # whether the last sync found this node in the API
 
     # --- lifecycle
 
     def start(self) -> None:
-        """Create and start backends, start listening and watching; syncing starts once lists are in."""
+        """Listen, create and start backends, start watching; syncing starts once lists are in.
+
+        The listeners come first: a taken port is an operator error reported before anything touches
+        the datapath.
+        """
+        self._listen()
         context = BackendContext(self.config, self.request_sync)
         for spec in self.specs:
             try:
@@ -113,14 +120,13 @@ class Agent:
         if not self.backends:
             raise KrError("no backend could start; see the errors above")
         self.host.startup(self.config, self.request_sync)
-        self._listen()
         log.info("node %s: watching %s", self.config.node_name, ", ".join(self.kinds))
         self.watcher.start()
 
     def run(self) -> None:
         """Start, then sync until ``stop()`` is called (from a signal handler or another thread)."""
-        self.start()
         try:
+            self.start()
             self.runner.run_forever()
         finally:
             self.shutdown()
@@ -148,7 +154,11 @@ class Agent:
         if self.settings.metrics:
             routes.setdefault(self.settings.metrics, {})["/metrics"] = metrics_route(self.metrics)
         for (address, port), paths in routes.items():
-            server = serve(address, port, paths)
+            try:
+                server = serve(address, port, paths)
+            except OSError as exc:
+                flag = "--healthz-bind-address" if "/healthz" in paths else "--metrics-bind-address"
+                raise ConfigError(f"{flag} {address}:{port}: cannot listen: {exc.strerror or exc}") from exc
             self._servers.append(server)
             log.info("serving %s on http://%s:%d", " and ".join(paths), address, server.server_address[1])
 
@@ -192,6 +202,8 @@ class Agent:
                 raise SyncFailed(f"backends failed: {', '.join(failed)}")
         except Exception:
             self.tracker.restore(changes)
+            self.metrics.endpoint_changes_pending.set(self.tracker.pending("endpointslices"))
+            self.metrics.service_changes_pending.set(self.tracker.pending("services"))
             self.metrics.syncs.labels("error", "full" if full else "partial").inc()
             raise
         elapsed = time.monotonic() - started
@@ -204,6 +216,7 @@ class Agent:
             self.metrics.cache_objects.labels(kind).set(len(objects))
         self._observe_programming_latency(changes)
         self._synced_versions = versions
+        self._report_own_node(desired)
         self.health.first_sync_done = True
         self.health.last_success = time.monotonic()
         log.info("sync %s ok in %.1f ms: %d changes, %d service ports, %d nodes, %d pods, %d policies",
@@ -222,12 +235,24 @@ class Agent:
             return seen
         return dict(self._synced_versions)
 
-    def _sync_backend(self, name: str, backend: Backend, desired: Any, full: bool, changes: ChangeSet) -> bool:
+    def _report_own_node(self, desired: DesiredState) -> None:
+        """Say once when this node is missing from the API (a wrong --hostname-override), and when it appears."""
+        seen = desired.node is not None
+        if seen != self._node_seen:
+            if not seen:
+                log.warning("node %s is not in the API; check --hostname-override / NODE_NAME",
+                            self.config.node_name)
+            elif self._node_seen is False:
+                log.info("node %s appeared in the API", self.config.node_name)
+            self._node_seen = seen
+
+    def _sync_backend(self, name: str, backend: Backend, desired: DesiredState, full: bool, changes: ChangeSet) -> bool:
         started = time.monotonic()
         try:
             backend.sync(desired, full=full, changed=changes)
-        except Exception:
-            log.exception("backend %s failed to sync; the next sync will be full", name)
+        except Exception as exc:
+            log.error("backend %s failed to sync: %s; the next sync will be full", name, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
             self.metrics.backend_sync_errors.labels(name).inc()
             return False
         finally:

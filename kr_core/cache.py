@@ -88,10 +88,6 @@ class Cache:
         changes.extend((kind, key, old, None) for key, old in old_store.items() if key not in fresh)
         return changes
 
-    def get(self, kind: str, key: str) -> Object | None:
-        with self._lock:
-            return self._objects.get(kind, {}).get(key)
-
     def snapshot(self) -> Snapshot:
         """An immutable, cross-kind consistent view of the cache."""
         with self._lock:

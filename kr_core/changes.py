@@ -15,11 +15,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
 
-Object = Mapping[str, Any]
+from kr_core.cache import Object
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,7 +53,7 @@ class ChangeSet:
 class ChangeTracker:
     """Accumulates per-key changes from the watcher; thread-safe."""
 
-    def __init__(self, clock: Any = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, Change]] = {}

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import socket
 import sys
+from types import MappingProxyType
 from typing import Any
 
 import click
@@ -125,7 +127,7 @@ def node_name_option() -> click.Option:
 
 def build_config(ctx: click.Context, params: dict[str, Any]) -> AgentConfig:
     node_name = params.get("hostname_override") or socket.gethostname()
-    config = AgentConfig(node_name=node_name, plugins=ctx.meta["kr.plugins"], options=dict(params))
+    config = AgentConfig(node_name=node_name, plugins=ctx.meta["kr.plugins"], options=MappingProxyType(dict(params)))
     ctx.meta["kr.host"].configure(config)
     return config
 
@@ -139,8 +141,8 @@ def main() -> None:
 @main.command(cls=PluginCommand, params=[
     *selection_options(),
     node_name_option(),
-    click.Option(["--kubeconfig"], envvar="KUBECONFIG", type=click.Path(dir_okay=False),
-                 help="Path to a kubeconfig (default: in-cluster, else ~/.kube/config)."),
+    click.Option(["--kubeconfig"], type=click.Path(dir_okay=False),
+                 help="Path to a kubeconfig (default: in-cluster, else $KUBECONFIG or ~/.kube/config)."),
     click.Option(["--master"], help="API server URL; overrides the kubeconfig's server."),
     click.Option(["--min-sync-period"], type=click.FloatRange(0), default=1.0, show_default=True,
                  help="Seconds between two syncs at least; bursts of changes coalesce."),
@@ -179,8 +181,16 @@ def run(ctx: click.Context, **params: Any) -> None:
         agent = Agent(config, ctx.meta["kr.host"], api_client, settings)
     except KrError as exc:
         raise click.ClickException(str(exc)) from exc
+    def on_signal(signum: int, frame: object) -> None:
+        if agent.runner.stopping:  # a second signal: the operator insists
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: stopping (the datapath stays programmed); signal again to exit at once",
+                 signal.Signals(signum).name)
+        agent.stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: agent.stop())
+        signal.signal(signum, on_signal)
     log.info("kr %s on node %s with plugins %s", kr_core.__version__, config.node_name, ", ".join(config.plugins))
     try:
         agent.run()

@@ -192,18 +192,17 @@ def _parse_slice(key: str, obj: Mapping[str, Any]) -> tuple[tuple[str, str], _Sl
             raise _Malformed(f"{path}.addresses[0]: {address.text} is not an {address_type} address")
         conditions_path = f"{path}.conditions"
         conditions = _mapping(raw.get("conditions"), conditions_path)
-        # Kubernetes' defaults for unset conditions: not terminating, ready unless terminating,
-        # serving when ready.
+        # kube-proxy's reading of unset conditions: ready and serving, not terminating
         terminating = _opt_bool(conditions, "terminating", conditions_path) or False
         ready = _opt_bool(conditions, "ready", conditions_path)
-        ready = not terminating if ready is None else ready
+        ready = True if ready is None else ready
         serving = _opt_bool(conditions, "serving", conditions_path)
         endpoints.append(
             _SliceEndpoint(
                 sort_key=(address.version, address.value),
                 address=address.text,
                 ready=ready,
-                serving=ready if serving is None else serving,
+                serving=True if serving is None else serving,
                 terminating=terminating,
                 node_name=_opt_str(raw, "nodeName", path),
                 zone=_opt_str(raw, "zone", path),

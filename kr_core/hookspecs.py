@@ -13,7 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -81,6 +81,9 @@ def kr_amend_desired_state(
 
 
 # --- events (advisory notifications: never program the datapath from these)
+#
+# They are called on the watcher threads (one per kind), so two may run at once, and a slow one holds
+# up its kind's watch: return quickly, and hand real work to another thread or to ``request_sync``.
 
 
 @hookspec
@@ -137,7 +140,7 @@ def on_policy_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | Non
 
 
 @hookspec
-def kr_startup(config: AgentConfig, request_sync: Any) -> None:
+def kr_startup(config: AgentConfig, request_sync: Callable[[], None]) -> None:
     """The agent is about to start watching (lifecycle).
 
     Fires once, after backends are created and started. ``request_sync()`` asks the runner for a

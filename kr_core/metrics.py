@@ -5,9 +5,10 @@ so existing dashboards and alerts work unchanged; kr's own metrics are prefixed 
 
 Invariants:
 - metrics live in a registry per agent (not prometheus_client's global one), so tests can run several;
-- /healthz answers (JSON: healthy, reason, secondsSinceLastSync, syncedResourceVersions per kind) 200 only after the first successful sync, and 503 once a requested sync has waited
-  longer than the stall timeout or the loop has not synced for longer than the resync interval plus
-  that timeout (the sync loop is stuck).
+- /healthz answers (JSON: healthy, reason, secondsSinceLastSync, syncedResourceVersions per kind) 200
+  only after the first successful sync, and 503 once a sync has been running, or a requested sync has
+  waited, longer than the stall timeout, or nothing has synced for the resync interval plus that
+  timeout (the sync loop is stuck or failing).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +94,7 @@ class HealthState:
         self.first_sync_done = False
         self.last_success: float | None = None
         self.requested_at: Callable[[], float | None] = lambda: None
+        self.running_since: Callable[[], float | None] = lambda: None
         self.synced_versions: Callable[[], dict[str, str | None]] = dict
 
     def check(self) -> tuple[bool, str]:
@@ -99,6 +102,9 @@ class HealthState:
         now = self._clock()
         if not self.first_sync_done or self.last_success is None:
             return False, "waiting for the first successful sync"
+        running = self.running_since()
+        if running is not None and now - running > self.stall_timeout:
+            return False, f"a sync has been running for {now - running:.1f}s (stall timeout {self.stall_timeout:g}s)"
         requested = self.requested_at()
         if requested is not None and now - requested > self.stall_timeout:
             return False, f"a requested sync has waited {now - requested:.1f}s (stall timeout {self.stall_timeout:g}s)"
@@ -123,8 +129,11 @@ def serve(address: str, port: int, routes: dict[str, Callable[[], tuple[int, str
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server signature)
             log.debug("http %s", format % args)
 
-    server = http.server.ThreadingHTTPServer((address, port), Handler)
-    server.daemon_threads = True
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        daemon_threads = True
+
+    server = Server((address, port), Handler)
     threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True).start()
     return server
 

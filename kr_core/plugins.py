@@ -74,7 +74,20 @@ def _entry_point(name: str) -> metadata.EntryPoint:
     if not matches:
         names = ", ".join(p.name for p in installed_plugins()) or "(none)"
         raise PluginError(f"unknown plugin {name!r}. Installed plugins: {names}")
+    if len({ep.value for ep in matches}) > 1:
+        owners = ", ".join(f"{ep.dist.metadata['Name'] if ep.dist else '?'} ({ep.value})" for ep in matches)
+        raise PluginError(f"plugin name {name!r} is registered by more than one distribution: {owners}")
     return matches[0]
+
+
+def _call(impl: pluggy.HookImpl, hook: str, **kwargs: Any) -> Any:
+    """Call one implementation with the arguments it asks for; its failure names the plugin."""
+    try:
+        return impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+    except PluginError:
+        raise
+    except Exception as exc:  # third-party code: say whose it is, in one line
+        raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
 
 
 class PluginHost:
@@ -115,11 +128,12 @@ class PluginHost:
         """Collect the plugins' command-line options; ``taken`` maps flags already defined to owners."""
         registry = OptionRegistry(taken)
         for impl in self.pm.hook.kr_add_options.get_hookimpls():
-            impl.function(options=_OwnedRegistry(registry, impl.plugin_name))
+            _call(impl, "kr_add_options", options=_OwnedRegistry(registry, impl.plugin_name))
         return registry.added
 
     def configure(self, config: AgentConfig) -> None:
-        self.pm.hook.kr_configure(config=config)
+        for impl in self.pm.hook.kr_configure.get_hookimpls():
+            _call(impl, "kr_configure", config=config)
 
     # --- registration
 
@@ -127,7 +141,7 @@ class PluginHost:
         """Plugin name -> the backend records it offers."""
         offers: dict[str, list[BackendSpec]] = {}
         for impl in self.pm.hook.kr_backends.get_hookimpls():
-            specs = list(impl.function() or ())
+            specs = list(_call(impl, "kr_backends") or ())
             for spec in specs:
                 if not isinstance(spec, BackendSpec):
                     raise PluginError(f"plugin {impl.plugin_name!r} returned {spec!r} from kr_backends, not a BackendSpec")
@@ -145,8 +159,7 @@ class PluginHost:
     ) -> DesiredState:
         """Chain the ``kr_amend_desired_state`` implementations, each seeing the previous result."""
         for impl in self.pm.hook.kr_amend_desired_state.get_hookimpls():
-            kwargs = {"desired": desired, "snapshot": snapshot, "config": config}
-            result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            result = _call(impl, "kr_amend_desired_state", desired=desired, snapshot=snapshot, config=config)
             if result is not None:
                 if not isinstance(result, DesiredState):
                     raise PluginError(f"plugin {impl.plugin_name!r} amended the desired state into {type(result).__name__}")
@@ -167,19 +180,27 @@ class PluginHost:
                 getattr(self.pm.hook, delete)(**{kind[:-1]: old})
             else:
                 getattr(self.pm.hook, update)(old=old, new=new)
-        except Exception:  # advisory hooks must not break the watch loop
-            log.exception("event hook for %s failed", kind)
+        except Exception as exc:  # advisory hooks must not break the watch loop
+            log.error("event hook for %s failed: %s: %s", kind, type(exc).__name__, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
 
     # --- lifecycle
 
     def startup(self, config: AgentConfig, request_sync: Callable[[], None]) -> None:
-        self.pm.hook.kr_startup(config=config, request_sync=request_sync)
+        for impl in self.pm.hook.kr_startup.get_hookimpls():
+            _call(impl, "kr_startup", config=config, request_sync=request_sync)
 
     def shutdown(self, config: AgentConfig) -> None:
-        self.pm.hook.kr_shutdown(config=config)
+        """Tell every plugin the agent stops; one failing is logged and does not stop the others."""
+        for impl in self.pm.hook.kr_shutdown.get_hookimpls():
+            try:
+                _call(impl, "kr_shutdown", config=config)
+            except PluginError as exc:
+                log.error("%s", exc)
 
     def cleanup(self, config: AgentConfig) -> None:
-        self.pm.hook.kr_cleanup(config=config)
+        for impl in self.pm.hook.kr_cleanup.get_hookimpls():
+            _call(impl, "kr_cleanup", config=config)
 
 
 class _OwnedRegistry:
@@ -204,7 +225,7 @@ def describe_installed() -> list[dict[str, str]]:
         try:
             host.load([plugin.name])
             slots = ", ".join(sorted({spec.slot for specs in host.backend_offers().values() for spec in specs})) or "-"
-        except PluginError as exc:
+        except Exception as exc:  # one broken plugin must not hide the others
             slots = f"error: {exc}"
         rows.append({"name": plugin.name, "slot": slots, "distribution": plugin.distribution, "version": plugin.version})
     return rows

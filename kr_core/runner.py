@@ -6,7 +6,8 @@ Invariants:
 - nothing syncs before ``set_ready()`` (every watched kind has finished its first list): an empty cache
   would otherwise tell every backend to delete everything;
 - two syncs start at least ``min_interval`` apart; requests arriving meanwhile coalesce into one sync;
-- a full resync runs at least every ``resync_interval`` even when nothing was requested;
+- a full sync runs at least every ``resync_interval`` after the last full one, however many partial
+  syncs run in between (kube-proxy measures it the same way);
 - a failed sync is retried with exponential backoff (``retry_initial`` doubling up to ``retry_max``),
   and the next sync after any failure is a full one.
 
@@ -50,11 +51,11 @@ class SyncRunner:
         self._requested_at: float | None = None  # first request not yet served
         self._full_needed = True  # the first sync is always full
         self._last_start: float | None = None
-        self._last_success: float | None = None
+        self._last_full: float | None = None
+        self._running_since: float | None = None
         self._failures = 0
         self._retry_at: float | None = None
         self._stopped = False
-        self._running = False
 
     # --- requests (any thread)
 
@@ -88,11 +89,17 @@ class SyncRunner:
     def idle(self) -> bool:
         """No sync running, none requested, none waiting to be retried."""
         with self._cond:
-            return not self._running and self._requested_at is None and self._retry_at is None
+            return self._running_since is None and self._requested_at is None and self._retry_at is None
 
     @property
-    def last_success(self) -> float | None:
-        return self._last_success
+    def stopping(self) -> bool:
+        """``stop()`` has been called."""
+        return self._stopped
+
+    @property
+    def running_since(self) -> float | None:
+        """When the sync now running started, or None."""
+        return self._running_since
 
     @property
     def failures(self) -> int:
@@ -115,7 +122,7 @@ class SyncRunner:
         if self._last_start is None:
             return 0.0
         earliest = self._last_start + self.min_interval
-        candidates = [self._last_start + self.resync_interval]
+        candidates = [max((self._last_full or self._last_start) + self.resync_interval, earliest)]
         if self._retry_at is not None:
             candidates.append(max(self._retry_at, earliest))
         if self._requested_at is not None and self._retry_at is None:
@@ -128,31 +135,33 @@ class SyncRunner:
             now = self._clock()
             if self._due_in_locked(now) > 0:
                 return None
-            periodic = self._last_start is not None and now >= self._last_start + self.resync_interval
+            periodic = self._last_full is not None and now >= self._last_full + self.resync_interval
             full = self._full_needed or periodic
             requested_at = self._requested_at
             self._last_start = now
             self._requested_at = None
             self._full_needed = False
-            self._running = True
+            self._running_since = now
         try:
             self._sync(full)
-        except Exception:
+        except Exception as exc:
             with self._cond:
-                self._running = False
+                self._running_since = None
                 self._failures += 1
                 self._full_needed = True
                 # the request is not served until a sync succeeds: health checks see how long it waits
                 if self._requested_at is None:
                     self._requested_at = requested_at if requested_at is not None else now
                 self._retry_at = self._clock() + self._backoff()
-                log.exception("sync failed (%d in a row); retrying in %.1fs with a full sync", self._failures, self._backoff())
+                log.error("sync failed (%d in a row: %s); retrying in %.1fs with a full sync",
+                          self._failures, exc, self._backoff(), exc_info=log.isEnabledFor(logging.DEBUG))
             return False
         with self._cond:
-            self._running = False
+            self._running_since = None
             self._failures = 0
             self._retry_at = None
-            self._last_success = self._clock()
+            if full:
+                self._last_full = now
         return True
 
     # --- the loop (a thread of its own, or the main thread)

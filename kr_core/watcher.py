@@ -8,8 +8,10 @@ Invariants:
 - 410 Gone (expired resourceVersion) leads to a relist whose result replaces the kind atomically
   (``Cache.replace``), so deletions missed while disconnected are still seen;
 - a dropped or stalled connection (no bytes, not even a bookmark, for ``stall_timeout``) is reconnected
-  from the last seen resourceVersion after a jittered exponential backoff; a stream closed cleanly by the
-  server (its timeoutSeconds) is resumed at once;
+  from the last seen resourceVersion after a jittered exponential backoff; so is an attempt that got
+  nothing (a stream closed at once, a 410 right after a relist), so a sick server is never hammered;
+  a stream that delivered events and then ended cleanly (the server's timeoutSeconds) resumes at once;
+- ``stop()`` returns promptly even while a thread waits on a quiet stream (its socket is shut down);
 - objects are kept as raw JSON dicts: no per-object model classes on the hot path.
 """
 
@@ -19,7 +21,9 @@ import dataclasses
 import json
 import logging
 import random
+import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -98,13 +102,21 @@ class KindWatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ask the thread to end, waking it if it is blocked reading a quiet watch stream."""
         self._stop.set()
         response = self._response
-        if response is not None:
-            response.close()
+        sock = getattr(getattr(response, "_connection", None), "sock", None)
+        if sock is not None:
+            # shutdown, not close: closing a socket another thread is reading waits for that read,
+            # which on a quiet stream lasts until the next bookmark
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     @property
     def version(self) -> str | None:
@@ -121,23 +133,27 @@ class KindWatcher:
                 if self._version is None:
                     self._relist()
                 self._watch()
-                failures = 0
+                problem = None if self._received else "the watch ended without sending anything"
             except RelistNeeded:
                 log.info("%s: resourceVersion %s expired (410 Gone); relisting", self.kind, self._version)
                 self._on_restart(self.kind, "expired")
                 self._version = None
-                failures = 0
+                problem = None if self._received else "410 Gone right after listing"
             except Exception as exc:  # connection refused, reset, stalled, 5xx: back off and retry
                 if self._stop.is_set():
                     return
-                # a watch that delivered something was healthy until now: start the backoff afresh
-                failures = 1 if self._received else failures + 1
-                delay = min(self._settings.backoff_initial * 2 ** (failures - 1), self._settings.backoff_max)
-                delay *= random.uniform(0.5, 1.0)
                 self._on_restart(self.kind, "error")
-                log.warning("%s: watch failed (%s); resuming from resourceVersion %s in %.1fs",
-                            self.kind, _describe(exc), self._version, delay)
-                self._stop.wait(delay)
+                problem = f"watch failed ({_describe(exc)})"
+            if problem is None:
+                failures = 0
+                continue
+            # an attempt that delivered something was healthy until now: start the backoff afresh
+            failures = 1 if self._received else failures + 1
+            delay = min(self._settings.backoff_initial * 2 ** (failures - 1), self._settings.backoff_max)
+            delay *= random.uniform(0.5, 1.0)
+            log.warning("%s: %s; resuming from resourceVersion %s in %.1fs", self.kind, problem,
+                        self._version or "(relist)", delay)
+            self._stop.wait(delay)
 
     def _request_timeout(self) -> tuple[float, float]:
         return (self._settings.connect_timeout, self._settings.stall_timeout)
@@ -206,12 +222,11 @@ class KindWatcher:
             raise ApiException(status=obj.get("code"), reason=obj.get("message"))
         version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
         change = None
-        if kind_of_event in ("ADDED", "MODIFIED") and _valid(self.kind, [obj]):
-            change = self._cache.upsert(self.kind, obj)
-        elif kind_of_event == "DELETED" and _valid(self.kind, [obj]):
-            change = self._cache.delete(self.kind, obj)
-        elif kind_of_event != "BOOKMARK":
+        if kind_of_event not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
             log.warning("%s: ignoring watch event of unknown type %r", self.kind, kind_of_event)
+        elif kind_of_event != "BOOKMARK" and _valid(self.kind, [obj]):
+            update = self._cache.delete if kind_of_event == "DELETED" else self._cache.upsert
+            change = update(self.kind, obj)
         if change is not None:
             self._on_change(change)
         # published only after the change is recorded: whoever reads this version and then finds no
@@ -274,8 +289,10 @@ class Watcher:
         for kind_watcher in self._kinds:
             kind_watcher.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop every kind's thread, waiting at most ``timeout`` in all."""
         for kind_watcher in self._kinds:
             kind_watcher.stop()
+        deadline = time.monotonic() + timeout
         for kind_watcher in self._kinds:
-            kind_watcher.join(timeout=2)
+            kind_watcher.join(max(0.0, deadline - time.monotonic()))

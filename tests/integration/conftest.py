@@ -57,8 +57,9 @@ class AgentProcess:
     def syncs(self) -> list[dict[str, Any]]:
         if not self.record.exists():
             return []
-        lines = self.record.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        text = self.record.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]  # the agent may be writing the last line right now
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
                  after: int = 0) -> dict[str, Any]:

@@ -251,3 +251,31 @@ def test_healthz_reports_programmed_resource_versions(apiserver: APIServer, star
     # by the time the version is reported, the sync that includes the write has been recorded
     assert any("backend/api-udp/dns" in services_in(s) for s in agent.syncs())
     assert set(versions) == {"nodes", "services", "endpointslices", "pods", "namespaces", "networkpolicies"}
+
+
+def test_sigterm_stops_promptly_on_quiet_watches(tmp_path: Path, start_agent: Callable[..., AgentProcess]) -> None:
+    with APIServer("127.0.0.1", 0, bookmark_interval=60.0) as quiet:  # no bookmark will wake the readers
+        for obj in seed_cluster():
+            quiet.store.apply(obj)
+        agent = start_agent(config=write_kubeconfig(quiet.url, tmp_path / "quiet"))
+        first_sync(agent)
+        time.sleep(0.5)  # every watch is now blocked reading
+        started = time.monotonic()
+        assert agent.stop() == 0
+        assert time.monotonic() - started < 5, "SIGTERM must not wait for the next bookmark"
+    assert "agent stopped; the datapath stays programmed" in agent.log()
+
+
+def test_taken_port_is_a_plain_error(apiserver: APIServer, kubeconfig: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([KR, "run", "--plugins", "debug.log", "--kubeconfig", str(kubeconfig),
+                                 "--healthz-bind-address", f"127.0.0.1:{port}", "--metrics-bind-address", "off"],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"--healthz-bind-address 127.0.0.1:{port}: cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr and "backend debug.log (slot debug) started" not in result.stderr

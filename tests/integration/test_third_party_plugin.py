@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,8 +23,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kr-example-backend
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build the example's wheel and pip-install it into a directory of its own (put on PYTHONPATH)."""
     work = tmp_path_factory.mktemp("third-party")
+    source = work / "source"
+    shutil.copytree(EXAMPLE, source)  # build outside the checkout: no build/ or egg-info left in the tree
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "wheels"), str(EXAMPLE)],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "wheels"), str(source)],
                    check=True, timeout=120)
     wheels = list((work / "wheels").glob("kr_example_backend-*.whl"))
     assert len(wheels) == 1, wheels

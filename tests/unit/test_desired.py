@@ -65,15 +65,16 @@ HTTP = [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"}]
 @pytest.mark.parametrize(
     ("conditions", "expected"),
     [
+        # kube-proxy: unset ready and serving read as true, unset terminating as false
         ({}, (True, True, False)),
-        ({"terminating": True}, (False, False, True)),
-        ({"terminating": True, "serving": True}, (False, True, True)),
-        ({"ready": False}, (False, False, False)),
+        ({"terminating": True}, (True, True, True)),
+        ({"terminating": True, "ready": False, "serving": True}, (False, True, True)),
+        ({"ready": False}, (False, True, False)),
         ({"ready": True, "serving": False}, (True, False, False)),
         ({"ready": False, "serving": True, "terminating": False}, (False, True, False)),
     ],
 )
-def test_endpoint_conditions_default_as_kubernetes_does(
+def test_endpoint_conditions_default_as_kube_proxy_does(
     conditions: dict[str, bool], expected: tuple[bool, bool, bool]
 ) -> None:
     state = build_desired_state(

@@ -191,3 +191,35 @@ def test_bad_bind_address_is_a_plain_error() -> None:
     result = CliRunner().invoke(main, ["run", "--plugins", "debug.log", "--master", "http://127.0.0.1:9",
                                        "--healthz-bind-address", "localhost"])
     assert result.exit_code == 1 and "--healthz-bind-address must be HOST:PORT" in result.output
+
+
+def test_plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    broken = metadata.EntryPoint(name="broken.backend", value="kr_no_such_module_xyz", group="krouter.plugins")
+    real = metadata.entry_points
+
+    def entry_points(**kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("name") == "broken.backend":
+            return metadata.EntryPoints([broken])
+        return real(**kwargs)
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    with pytest.raises(PluginError, match=r"plugin 'broken.backend' \(kr_no_such_module_xyz\) failed to load: No module"):
+        PluginHost().load(["broken.backend"])
+
+
+def test_hook_failure_names_the_plugin_and_hook_args_are_optional() -> None:
+    @hookimpl
+    def kr_add_options():  # type: ignore[no-untyped-def]  # takes none of the spec's arguments: allowed
+        pass
+
+    @hookimpl
+    def kr_backends():  # type: ignore[no-untyped-def]
+        raise RuntimeError("no kernel support")
+
+    host = PluginHost()
+    host.register(types.SimpleNamespace(kr_add_options=kr_add_options, kr_backends=kr_backends), "flaky")
+    assert host.add_options({}) == ()
+    with pytest.raises(PluginError, match="plugin 'flaky' failed in kr_backends: RuntimeError: no kernel support"):
+        host.backends()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -140,9 +141,41 @@ def test_full_request_is_kept(sync: Recorder, clock: FakeClock) -> None:
     assert sync.calls == [True, True]
 
 
-def test_stop_ends_run_forever(sync: Recorder) -> None:
-    runner = SyncRunner(sync, min_interval=0.0)
+def test_full_resync_happens_under_steady_churn(sync: Recorder, clock: FakeClock) -> None:
+    runner = make(sync, clock)
     runner.set_ready()
-    runner.stop()
-    runner.run_forever()  # returns at once
+    runner.run_once()
+    for _ in range(200):  # a change every 2 s for 400 s: partial syncs all along
+        clock.advance(2)
+        runner.request()
+        runner.run_once()
+    full_syncs = sum(sync.calls)
+    assert 7 <= full_syncs <= 8, f"a full sync every 60 s of 400 s, plus the first; got {full_syncs}"
+
+
+def test_run_forever_syncs_on_request_and_stops_while_waiting() -> None:
+    import threading
+
+    recorder = Recorder()
+    runner = SyncRunner(recorder, min_interval=0.0, resync_interval=3600)
+    thread = threading.Thread(target=runner.run_forever)
+    thread.start()
+    try:
+        runner.request()
+        time.sleep(0.2)
+        assert recorder.calls == [], "not ready: the request waits"
+        runner.set_ready()
+        deadline = time.monotonic() + 2
+        while not recorder.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.calls == [True]
+        runner.request()
+        deadline = time.monotonic() + 2
+        while len(recorder.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.calls == [True, False]
+    finally:
+        runner.stop()
+        thread.join(timeout=1)
+    assert not thread.is_alive(), "stop() must wake a waiting loop"
     assert runner.due_in() == math.inf
