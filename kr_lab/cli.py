@@ -25,9 +25,9 @@ state_option = click.option("--state", "state_path", default=".kr-lab", show_def
                             type=click.Path(file_okay=False), help="The lab's state directory.")
 
 
-def _lab(state_path: str) -> Lab:
+def _lab(state_path: str, barrier_timeout: float = 30.0) -> Lab:
     try:
-        return Lab(StateDir(state_path))
+        return Lab(StateDir(state_path), barrier_timeout)
     except (LabError, SpecError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -119,11 +119,13 @@ def status(state_path: str, as_json: bool) -> None:
 @state_option
 @click.option("-f", "--filename", "files", multiple=True, required=True, help="YAML/JSON file of objects ('-' = stdin).")
 @click.option("--no-wait", is_flag=True, help="Return without waiting for the agents to sync the change.")
-def apply(state_path: str, files: tuple[str, ...], no_wait: bool) -> None:
+@click.option("--timeout", "barrier_timeout", default=30.0, show_default=True,
+              help="Seconds to wait for the agents to sync the change.")
+def apply(state_path: str, files: tuple[str, ...], no_wait: bool, barrier_timeout: float) -> None:
     """Create or update objects; return after every agent has synced them."""
     documents = [doc for path in files for doc in _documents(path)]
     try:
-        count = _lab(state_path).apply(documents, wait=not no_wait)
+        count = _lab(state_path, barrier_timeout).apply(documents, wait=not no_wait)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"applied {count} objects")
@@ -133,11 +135,13 @@ def apply(state_path: str, files: tuple[str, ...], no_wait: bool) -> None:
 @state_option
 @click.option("-f", "--filename", "files", multiple=True, required=True)
 @click.option("--no-wait", is_flag=True)
-def delete(state_path: str, files: tuple[str, ...], no_wait: bool) -> None:
+@click.option("--timeout", "barrier_timeout", default=30.0, show_default=True,
+              help="Seconds to wait for the agents to sync the change.")
+def delete(state_path: str, files: tuple[str, ...], no_wait: bool, barrier_timeout: float) -> None:
     """Delete objects; return after every agent has synced the deletion."""
     documents = [doc for path in files for doc in _documents(path)]
     try:
-        count = _lab(state_path).delete(documents, wait=not no_wait)
+        count = _lab(state_path, barrier_timeout).delete(documents, wait=not no_wait)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"deleted {count} objects")
@@ -149,10 +153,12 @@ def delete(state_path: str, files: tuple[str, ...], no_wait: bool) -> None:
 @click.argument("name")
 @click.argument("labels", nargs=-1, required=True)
 @click.option("--no-wait", is_flag=True)
-def label(state_path: str, kind: str, name: str, labels: tuple[str, ...], no_wait: bool) -> None:
+@click.option("--timeout", "barrier_timeout", default=30.0, show_default=True,
+              help="Seconds to wait for the agents to sync the change.")
+def label(state_path: str, kind: str, name: str, labels: tuple[str, ...], no_wait: bool, barrier_timeout: float) -> None:
     """Set (key=value) or remove (key-) labels of a pod (ns/name), namespace or node."""
     try:
-        _lab(state_path).label(kind, name, labels, wait=not no_wait)
+        _lab(state_path, barrier_timeout).label(kind, name, labels, wait=not no_wait)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
 

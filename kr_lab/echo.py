@@ -10,7 +10,8 @@ Invariants:
 - a client can never stop it: every per-client error is dropped; SIGTERM (or SIGINT) ends it;
 - it writes the ready file (atomically, listing what it serves) only after every listener is bound;
   a protocol the kernel lacks (this lab's kernel has no SCTP) is logged and skipped, never fatal;
-- stdlib only, so the server costs one small process per pod.
+- stdlib only and standalone: ``start`` runs this file as ``python -I -S echo.py`` (no site, no
+  package import) and the server path imports nothing it does not use, so a pod's server is ~12 MB RSS.
 """
 
 from __future__ import annotations
@@ -21,12 +22,8 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 PROTOCOLS = {"TCP": (socket.SOCK_STREAM, socket.IPPROTO_TCP), "UDP": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
              "SCTP": (socket.SOCK_STREAM, socket.IPPROTO_SCTP)}
@@ -101,22 +98,27 @@ def serve(identity: str, listens: Sequence[tuple[int, str]], ready_file: str | N
         selector.register(sock, selectors.EVENT_READ, handler)
         serving.append(f"{port}/{protocol}")
     if ready_file:
-        tmp = f"{ready_file}.tmp"
-        Path(tmp).write_text("".join(f"{item}\n" for item in serving), encoding="ascii")
-        os.replace(tmp, ready_file)
+        with open(f"{ready_file}.tmp", "w", encoding="ascii") as f:
+            f.write("".join(f"{item}\n" for item in serving))
+        os.replace(f"{ready_file}.tmp", ready_file)
     print(f"echo {identity}: serving {' '.join(serving) or 'nothing'}", file=sys.stderr, flush=True)
     while True:
         for key, _ in selector.select():
             key.data(key.fileobj, reply)
 
 
-def start(netns: str, identity: str, listens: Sequence[tuple[int, str]], log_file: str | Path,
+def start(netns: str, identity: str, listens: Sequence[tuple[int, str]], log_file: str | os.PathLike[str],
           timeout: float = 10.0) -> int:
     """Start a detached server inside ``netns`` logging to ``log_file``; return its pid once it listens."""
+    import subprocess  # here, not at the top: the server process never needs these
+    import tempfile
+    import time
+
     with tempfile.TemporaryDirectory(prefix="kr-echo-") as tmp:
         ready = os.path.join(tmp, "ready")
-        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "kr_lab.echo", "--identity", identity,
-                "--ready-file", ready, *(arg for port, protocol in listens for arg in ("--listen", f"{port}/{protocol}"))]
+        argv = ["ip", "netns", "exec", netns, sys.executable, "-I", "-S", os.path.abspath(__file__),
+                "--identity", identity, "--ready-file", ready,
+                *(arg for port, protocol in listens for arg in ("--listen", f"{port}/{protocol}"))]
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -131,9 +133,12 @@ def start(netns: str, identity: str, listens: Sequence[tuple[int, str]], log_fil
     return proc.pid
 
 
-def _tail(path: str | Path, size: int = 2000) -> str:
+def _tail(path: str | os.PathLike[str], size: int = 2000) -> str:
     try:
-        return Path(path).read_bytes()[-size:].decode(errors="replace").strip()
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace").strip()
     except OSError as exc:
         return f"(no log: {exc})"
 

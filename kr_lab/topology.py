@@ -113,7 +113,7 @@ def build_network(lab_id: str, spec: LabSpec) -> None:
     if len(spec.lans) > 1:
         rt = router_ns(lab_id)
         netns.create(rt)
-        for i, lan in enumerate(spec.lans):
+        for i in range(len(spec.lans)):
             netns.add_veth(rt, f"eth{i}", sw, f"r{i}")
             switch_ports.append(f"link set r{i} master br{i} up")
         netns.ip_batch((line for i, lan in enumerate(spec.lans)
@@ -145,7 +145,7 @@ def add_pod(lab_id: str, spec: LabSpec, pod: PodSpec, ip: ipaddress.IPv4Address,
 
     The server runs detached (its own session) with stdout/stderr appended to ``log_file``.
     """
-    node = spec.host(pod.node)
+    node, ip = spec.host(pod.node), ipaddress.IPv4Address(ip)
     if node.pod_cidr is None:
         raise ValueError(f"{node.name} has no pod CIDR")
     gw = gateway(node.pod_cidr)
