@@ -29,7 +29,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from kr_core.plugins import installed_plugins
 from kr_lab import cluster, topology
 from kr_lab.kubeconfig import write_kubeconfig
 from kr_lab.nsenter import run_in_netns
-from kr_lab.probe import ProbeResult, probe
+from kr_lab.probe import ProbeResult, probe, probe_matrix
 from kr_lab.spec import LabSpec, PodSpec, SpecError, parse_spec
 from kr_lab.state import HostRecord, LabError, LabState, PodRecord, StateDir
 
@@ -461,16 +460,15 @@ class Lab:
     def matrix(self, port: int | None, protocol: str | None, timeout: float = 1.0) -> list[dict[str, Any]]:
         """Every pod to every pod, in parallel; without ``port``, each target's first declared port."""
         pods = sorted(self.state.pods)
-
-        def one(pair: tuple[str, str]) -> dict[str, Any]:
-            source, target = pair
-            first = (self.state.pods[target].ports or [["", 80, "TCP"]])[0]
-            number, proto = (port, protocol or "TCP") if port else (int(first[1]), str(first[2]))
-            result = self.probe(source, target, number, proto, timeout)
-            return {"from": source, "to": target, "port": number, "protocol": proto, **dataclasses.asdict(result)}
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            return list(pool.map(one, [(a, b) for a in pods for b in pods]))
+        plan = []
+        for source in pods:
+            for target in pods:
+                first = (self.state.pods[target].ports or [["", 80, "TCP"]])[0]
+                number, proto = (port, protocol or "TCP") if port else (int(first[1]), str(first[2]))
+                plan.append((source, target, number, proto))
+        results = probe_matrix([(self.state.pods[s].netns, self.state.pods[t].ip, n, p) for s, t, n, p in plan], timeout)
+        return [{"from": s, "to": t, "port": n, "protocol": p, **dataclasses.asdict(r)}
+                for (s, t, n, p), r in zip(plan, results)]
 
 
 def _pod_object(pod_spec: PodSpec, ip: str, host_ip: str) -> dict[str, Any]:

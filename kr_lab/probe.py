@@ -47,18 +47,19 @@ def probe(from_netns: str, to_ip: str, port: int, protocol: str, timeout: float)
     return run_in_netns(from_netns, _probe_here, to_ip, port, protocol.upper(), timeout)
 
 
-def probe_matrix(pairs: Sequence[tuple[str, str]], port: int, protocol: str, timeout: float,
+def probe_matrix(probes: Sequence[tuple[str, str, int, str]], timeout: float,
                  parallelism: int = 16) -> list[ProbeResult]:
-    """Probe every ``(from_netns, to_ip)`` pair in parallel; results come back in the order of ``pairs``."""
-    for _, to_ip in pairs:
+    """Run every ``(from_netns, to_ip, port, protocol)`` probe in parallel; results keep their order."""
+    for _, to_ip, _, _ in probes:
         ipaddress.IPv4Address(to_ip)
 
-    def one(pair: tuple[str, str]) -> ProbeResult:
-        with netns(pair[0]):
-            return _probe_here(pair[1], port, protocol.upper(), timeout)
+    def one(item: tuple[str, str, int, str]) -> ProbeResult:
+        source, to_ip, port, protocol = item
+        with netns(source):
+            return _probe_here(to_ip, port, protocol.upper(), timeout)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(pairs))), thread_name_prefix="probe") as pool:
-        return list(pool.map(one, pairs))
+    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(probes))), thread_name_prefix="probe") as pool:
+        return list(pool.map(one, probes))
 
 
 def _probe_here(to_ip: str, port: int, protocol: str, timeout: float) -> ProbeResult:

@@ -55,7 +55,7 @@ def test_a_7x7_matrix_of_answering_pods_is_well_under_a_second(new_lab: LabFacto
     keys = [f"default/p{i}" for i in range(7)]
     pairs = [(lab.pod_ns(src), lab.ip(dst)) for src in keys for dst in keys]
     started = time.monotonic()
-    results = probe_matrix(pairs, 8080, "TCP", 2)
+    results = probe_matrix([(a, b, 8080, "TCP") for a, b in pairs], 2)
     took = time.monotonic() - started
     assert [r.answer for r in results] == [dst for _ in keys for dst in keys]
     assert took < 0.5, f"7x7 matrix took {took:.2f}s"
@@ -68,7 +68,7 @@ def test_a_matrix_with_timeouts_takes_about_one_timeout(new_lab: LabFactory) -> 
     pairs = [(lab.pod_ns(src), dst) for src in keys[:4]
              for dst in (lab.ip("default/p0"), "10.77.0.200", lab.ip("default/p6"), "10.77.0.201")]
     started = time.monotonic()
-    results = probe_matrix(pairs, 8080, "TCP", 0.5)
+    results = probe_matrix([(a, b, 8080, "TCP") for a, b in pairs], 0.5)
     took = time.monotonic() - started
     assert [r.ok for r in results] == [True, False, True, False] * 4
     assert {r.error for r in results if not r.ok} <= {"timeout", "unreachable"}
