@@ -1,0 +1,196 @@
+"""iptables for kr: which flavour the host uses, and atomic ``iptables-restore --noflush`` of kr's chains.
+
+Flavour: a host runs its rules through either iptables-legacy (x_tables) or iptables-nft (nf_tables).
+Both work in one namespace at once, and both hook sets then run, so kr must write where everybody else
+does. ``detect_flavour`` decides as kubernetes-sigs/iptables-wrappers does: the flavour holding
+Kubernetes' marker chains (``KUBE-IPTABLES-HINT``, ``KUBE-KUBELET-CANARY``) or kr's own ``KR-`` chains
+wins; otherwise the one with more rules; otherwise the default ``iptables`` command's (``iptables -V``).
+A backend detects once and keeps the answer, so it never writes half its rules to each flavour.
+
+Invariants:
+- detection and cleanup run ``iptables-legacy-save`` without ``-t``: naming a table makes the legacy
+  kernel module create that table in the namespace, after which its hooks run and iptables-nft warns on
+  every call. Only a backend already writing to a flavour lists one of its tables (``list_rules``);
+- ``IptablesRestore.restore`` refuses text that touches anything but kr-owned (``KR-``) chains: it may
+  declare, fill, flush and delete kr chains, and add to or delete from any other chain only rules that
+  jump to a kr chain. It never declares (so never resets) a built-in chain and never flushes a table;
+- one call is one ``iptables-restore --noflush`` process: each table's changes commit atomically.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kr_plugins.kernel.command import CommandError, run
+
+#: Chains whose name starts with this are kr's; nothing else is.
+OWNED_PREFIX = "KR-"
+#: Chains kubelet and kube-proxy create to tell the other tools which flavour the host uses.
+KUBE_MARKER_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+_WAIT = "-w"  # wait for the xtables lock instead of failing while another tool holds it
+
+
+class Flavour(StrEnum):
+    LEGACY = "legacy"
+    NFT = "nft"
+
+    @property
+    def command(self) -> str:
+        return f"iptables-{self.value}"
+
+    @property
+    def save_command(self) -> str:
+        return f"iptables-{self.value}-save"
+
+    @property
+    def restore_command(self) -> str:
+        return f"iptables-{self.value}-restore"
+
+
+class OwnershipError(ValueError):
+    """Restore text that would touch a chain kr does not own."""
+
+
+# --- flavour detection
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSummary:
+    """What a flavour's ``iptables-save`` shows: its rule count and whether it holds marker chains."""
+
+    rules: int
+    markers: bool
+
+
+def summarize_save(text: str) -> SaveSummary:
+    """Count the rules in ``iptables-save`` output and look for Kubernetes' or kr's chains."""
+    rules = 0
+    markers = False
+    for line in text.splitlines():
+        if line.startswith("-A "):
+            rules += 1
+        elif line.startswith(":"):
+            chain = line[1:].split(" ", 1)[0]
+            markers = markers or chain in KUBE_MARKER_CHAINS or chain.startswith(OWNED_PREFIX)
+    return SaveSummary(rules, markers)
+
+
+def default_flavour(version_text: str) -> Flavour:
+    """The flavour ``iptables -V`` reports (``iptables v1.8.9 (nf_tables)`` or ``(legacy)``)."""
+    return Flavour.NFT if "nf_tables" in version_text else Flavour.LEGACY
+
+
+def choose_flavour(legacy: SaveSummary, nft: SaveSummary, default: Flavour) -> Flavour:
+    """Markers first, then more rules, then ``default``."""
+    if legacy.markers != nft.markers:
+        return Flavour.LEGACY if legacy.markers else Flavour.NFT
+    if legacy.rules != nft.rules:
+        return Flavour.LEGACY if legacy.rules > nft.rules else Flavour.NFT
+    return default
+
+
+def detect_flavour() -> Flavour:
+    """Decide which flavour this network namespace uses (see the module docstring)."""
+    summaries = {}
+    for flavour in Flavour:
+        try:
+            summaries[flavour] = summarize_save(run([flavour.save_command]))
+        except CommandError:  # that flavour's tools are missing or unusable: it cannot be the one in use
+            summaries[flavour] = None
+    legacy, nft = summaries[Flavour.LEGACY], summaries[Flavour.NFT]
+    if legacy is None or nft is None:
+        if legacy is nft:
+            raise CommandError("neither iptables-legacy nor iptables-nft is installed")
+        return Flavour.NFT if legacy is None else Flavour.LEGACY
+    return choose_flavour(legacy, nft, default_flavour(run(["iptables", "-V"])))
+
+
+# --- restore text: ownership and removal
+
+
+def check_owned(text: str) -> None:
+    """Raise ``OwnershipError`` unless ``text`` touches only kr chains and jumps into them."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line or line.startswith(("#", "*")) or line == "COMMIT":
+            continue
+        if line.startswith(":"):
+            chain = line[1:].split(" ", 1)[0]
+            if not chain.startswith(OWNED_PREFIX):
+                raise OwnershipError(f"line {number}: declares chain {chain}, which kr does not own: {line}")
+            continue
+        words = shlex.split(line)
+        command, chain = words[0], words[1] if len(words) > 1 else ""
+        if chain.startswith(OWNED_PREFIX) and command in ("-A", "-I", "-D", "-R", "-F", "-X", "-Z"):
+            continue
+        target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
+        if command in ("-A", "-I", "-D") and target.startswith(OWNED_PREFIX):
+            continue  # the one thing kr adds to a chain it does not own: a jump into its own chain
+        raise OwnershipError(f"line {number}: touches chain {chain or '?'}, which kr does not own: {line}")
+
+
+def table_lines(save_text: str, table: str) -> list[str]:
+    """The lines of ``table``'s section (between ``*table`` and ``COMMIT``) in ``iptables-save`` output."""
+    lines: list[str] = []
+    inside = False
+    for line in save_text.splitlines():
+        if line == f"*{table}":
+            inside = True
+        elif inside and line == "COMMIT":
+            break
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+def jumps_into(lines: Iterable[str], chain: str) -> list[str]:
+    """The ``-A`` rules among ``lines`` (one table's save) that jump to ``chain``, as saved."""
+    found = []
+    for line in lines:
+        if line.startswith("-A "):
+            words = shlex.split(line)
+            if "-j" in words[:-1] and words[words.index("-j") + 1] == chain:
+                found.append(line)
+    return found
+
+
+def render_removal(table: str, lines: Sequence[str], chains: Collection[str]) -> str | None:
+    """Restore text deleting ``chains`` (kr's) and every rule jumping to them, or None if none is there.
+
+    ``lines`` is the table's current save (see ``table_lines``); each jump is deleted by its saved spec,
+    once per copy, so duplicates go too.
+    """
+    present = [c for c in chains if any(line.split(" ", 1)[0] == f":{c}" for line in lines)]
+    jumps = [line for c in chains for line in jumps_into(lines, c) if line.split(" ", 2)[1] not in chains]
+    if not present and not jumps:
+        return None
+    body = [f"-D {line[3:]}" for line in jumps]
+    body += [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
+    return "\n".join([f"*{table}", *body, "COMMIT", ""])
+
+
+# --- running
+
+
+class IptablesRestore:
+    """``iptables-save`` and ``iptables-restore --noflush`` of one flavour, limited to kr's chains."""
+
+    def __init__(self, flavour: Flavour) -> None:
+        self.flavour = flavour
+
+    def save(self) -> str:
+        """The whole ruleset (every table) of this flavour."""
+        return run([self.flavour.save_command])
+
+    def list_rules(self, table: str, chain: str) -> list[str]:
+        """The rules of one existing chain, in save syntax (``-A CHAIN ...``): cheaper than ``save``
+        when the host holds a large ruleset. With the legacy flavour this creates ``table`` if absent."""
+        return [line for line in run([self.flavour.command, _WAIT, "-t", table, "-S", chain]).splitlines()
+                if line.startswith("-A ")]
+
+    def restore(self, text: str) -> None:
+        """Apply ``text`` atomically per table, after checking it touches only kr's chains."""
+        check_owned(text)
+        run([self.flavour.restore_command, "--noflush", _WAIT], text)
