@@ -8,6 +8,7 @@ the end unless ``--keep`` is given, also when interrupted.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from importlib import metadata
 from typing import Any
@@ -17,7 +18,7 @@ import yaml
 
 from kr_core.errors import KrError
 from kr_lab.cli import render_matrix
-from kr_lab.lab import Lab
+from kr_lab.lab import KR, Lab
 from kr_lab.spec import DEFAULT_SPEC_TEXT
 from kr_lab.state import StateDir
 
@@ -45,7 +46,7 @@ def show_matrix(lab: Lab) -> None:
     started = time.monotonic()
     rows = lab.matrix(None, None, timeout=1.0)
     click.echo(render_matrix(rows))
-    click.echo(f"(each pod probed on its first declared port, {len(rows)} probes in {time.monotonic() - started:.1f}s)")
+    click.echo(f"(each pod probed on its first declared port; {len(rows)} probes in {(time.monotonic() - started) * 1000:.0f} ms)")
 
 
 def run_demo(state_path: str, keep: bool) -> None:
@@ -63,11 +64,22 @@ def run_demo(state_path: str, keep: bool) -> None:
         step(2, "pod-to-pod reachability across nodes (routes to every node's pod CIDR come from kr)")
         show_matrix(lab)
 
-        step(3, "scale backend/api: a third api pod starts on kube-node1 and is reachable from every node at once")
+        if "routing.static" in plugins:
+            step(3, "stop kr on kube-node3 and remove what it programmed (kr cleanup): kube-node3's pods are cut off")
+            lab.stop_agent("kube-node3")
+            subprocess.run(["ip", "netns", "exec", lab.netns_of("kube-node3"), KR, "cleanup", "--plugins", "routing.static"],
+                           check=True, capture_output=True)
+            show_matrix(lab)
+            click.echo("  start kr on kube-node3 again:")
+            lab.start_agent("kube-node3")
+            lab.wait_agents_ready(30, ["kube-node3"])
+            show_matrix(lab)
+
+        step(4, "scale backend/api: a third api pod starts on kube-node1 and is reachable from every node at once")
         lab.apply([SCALE])
         show_matrix(lab)
 
-        step(4, "create Service backend/api; the API stand-in allocates a ClusterIP and the endpoints follow the pods")
+        step(5, "create Service backend/api; the API stand-in allocates a ClusterIP and the endpoints follow the pods")
         lab.apply([SERVICE])
         _show_service(lab)
         if "proxy.iptables" not in plugins:
