@@ -91,7 +91,7 @@ class Agent:
             on_restart=lambda kind, reason: self.metrics.watch_restarts.labels(kind, reason).inc(),
         )
         self.health.synced_versions = self.programmed_versions
-        self._synced_versions: dict[str, str | None] = {}
+        self._synced_versions: dict[str, str | None] = {kind: None for kind in self.kinds}
         self.backends: list[tuple[str, Backend]] = []
         self._servers: list[http.server.HTTPServer] = []
         self._node_seen: bool | None = None  # whether the last sync found this node in the API

@@ -16,8 +16,9 @@ import click
 import yaml
 
 from kr_lab.lab import Lab
-from kr_lab.spec import DEFAULT_SPEC_TEXT, SpecError, parse_spec
-from kr_lab.state import LabError, StateDir
+from kr_core.errors import KrError
+from kr_lab.spec import SpecError, load_spec_document
+from kr_lab.state import StateDir
 
 DEFAULT_PLUGINS = "routing.static"
 
@@ -28,7 +29,7 @@ state_option = click.option("--state", "state_path", default=".kr-lab", show_def
 def _lab(state_path: str, barrier_timeout: float = 30.0) -> Lab:
     try:
         return Lab(StateDir(state_path), barrier_timeout)
-    except (LabError, SpecError) as exc:
+    except (KrError, SpecError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -42,7 +43,11 @@ def _documents(path: str) -> list[dict[str, Any]]:
     for doc in loaded:
         if not isinstance(doc, dict):
             raise click.ClickException(f"{path}: every document must be a Kubernetes object")
-        documents.extend(doc.get("items", []) if str(doc.get("kind", "")).endswith("List") else [doc])
+        items = doc.get("items", []) if str(doc.get("kind", "")).endswith("List") else [doc]
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("metadata"), dict):
+                raise click.ClickException(f"{path}: every object needs a metadata mapping: {str(item)[:100]}")
+        documents.extend(items)
     return documents
 
 
@@ -60,15 +65,17 @@ def lab() -> None:
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="Spec file (default: the seed's cluster).")
 @click.option("--plugins", default=DEFAULT_PLUGINS, show_default=True, help="Plugins every agent runs.")
 @click.option("--agent-arg", "agent_args", multiple=True, help="Extra argument for every `kr run` (repeatable).")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the agents' first sync.")
-def up(state_path: str, spec_path: str | None, plugins: str, agent_args: tuple[str, ...], timeout: float) -> None:
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for the agents' first sync.")
+@click.option("--keep-on-failure", is_flag=True, help="Leave a lab whose build failed in place, to look at it.")
+def up(state_path: str, spec_path: str | None, plugins: str, agent_args: tuple[str, ...], timeout: float,
+       keep_on_failure: bool) -> None:
     """Build the lab and return once every agent has finished its first sync."""
     try:
-        text = Path(spec_path).read_text(encoding="utf-8") if spec_path else DEFAULT_SPEC_TEXT
-        data = yaml.safe_load(text)
-        parse_spec(data)
-        Lab.up(StateDir(state_path), data, [p for p in plugins.split(",") if p], agent_args, _progress, timeout)
-    except (OSError, yaml.YAMLError, SpecError, LabError) as exc:
+        data = load_spec_document(spec_path)
+        Lab.up(StateDir(state_path), data, [p for p in plugins.split(",") if p], agent_args, _progress, timeout,
+               keep_on_failure)
+    except (SpecError, KrError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(StateDir(state_path).kubeconfig))
 
@@ -80,7 +87,7 @@ def down(state_path: str, lab_id: str | None) -> None:
     """Remove every namespace, link, process and file of the lab (also after a crash)."""
     try:
         removed = Lab.down(StateDir(state_path), lab_id)
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"removed {len(removed)} namespaces")
 
@@ -126,7 +133,7 @@ def apply(state_path: str, files: tuple[str, ...], no_wait: bool, barrier_timeou
     documents = [doc for path in files for doc in _documents(path)]
     try:
         count = _lab(state_path, barrier_timeout).apply(documents, wait=not no_wait)
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"applied {count} objects")
 
@@ -142,7 +149,7 @@ def delete(state_path: str, files: tuple[str, ...], no_wait: bool, barrier_timeo
     documents = [doc for path in files for doc in _documents(path)]
     try:
         count = _lab(state_path, barrier_timeout).delete(documents, wait=not no_wait)
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"deleted {count} objects")
 
@@ -159,7 +166,7 @@ def label(state_path: str, kind: str, name: str, labels: tuple[str, ...], no_wai
     """Set (key=value) or remove (key-) labels of a pod (ns/name), namespace or node."""
     try:
         _lab(state_path, barrier_timeout).label(kind, name, labels, wait=not no_wait)
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -171,7 +178,7 @@ def exec(state_path: str, host: str, command: tuple[str, ...]) -> None:  # noqa:
     """Run COMMAND inside a pod (ns/name), a node, the master or an external host."""
     try:
         netns = _lab(state_path).netns_of(host)
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc
     os.execvp("ip", ["ip", "netns", "exec", netns, *command])
 
@@ -180,9 +187,9 @@ def exec(state_path: str, host: str, command: tuple[str, ...]) -> None:  # noqa:
 @state_option
 @click.option("--from", "source", help="Pod (ns/name) or host to probe from.")
 @click.option("--to", "target", help="Pod, host or IP to probe.")
-@click.option("--port", type=int, help="Port (for --matrix: default each target's first declared port).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (for --matrix: default each target's first declared port).")
 @click.option("--protocol", type=click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False), default="TCP", show_default=True)
-@click.option("--timeout", default=2.0, show_default=True)
+@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--matrix", is_flag=True, help="Probe every pod to every pod, in parallel.")
 @click.option("--json", "as_json", is_flag=True)
 def probe(state_path: str, source: str | None, target: str | None, port: int | None, protocol: str,
@@ -197,7 +204,7 @@ def probe(state_path: str, source: str | None, target: str | None, port: int | N
         if not source or not target or not port:
             raise click.UsageError("give --from, --to and --port (or --matrix)")
         result = current.probe(source, target, port, protocol, timeout)
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps({"from": source, "to": target, "port": port, "protocol": protocol.upper(),
@@ -241,7 +248,7 @@ def agent() -> None:
 def agent_stop(state_path: str, node: str, kill: bool) -> None:
     try:
         _lab(state_path).stop_agent(node, kill)
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -254,5 +261,5 @@ def agent_start(state_path: str, node: str, timeout: float) -> None:
     try:
         current.start_agent(node)
         current.wait_agents_ready(timeout, [node])
-    except LabError as exc:
+    except KrError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -1,8 +1,8 @@
-"""The seed cluster as Kubernetes API objects, and the EndpointSlice a service's pods imply.
+"""Kubernetes API objects as the lab writes them (Nodes, Namespaces, Pods, Services), and the
+EndpointSlices a service's pods imply.
 
-The blog post's cluster: ``kube-master`` plus ``kube-node1..3`` on one LAN, pod CIDRs ``10.1.N.0/24``
-and the service range ``10.96.0.0/12``. ``endpoint_slice`` does what the endpoint-slice controller
-does for one service: select ready pods by label and resolve target ports by name.
+``endpoint_slices`` does what the endpoint-slice controller does for one service: select the pods by
+label and resolve target ports by name per pod, one slice per distinct port mapping.
 
 Invariant: these functions are pure; they build dicts and never talk to an API server.
 """
@@ -14,9 +14,6 @@ from typing import Any
 
 Object = dict[str, Any]
 
-LAN_PREFIX = "192.168.56."
-NODES = {"kube-node1": ("101", "10.1.1.0/24"), "kube-node2": ("102", "10.1.2.0/24"), "kube-node3": ("103", "10.1.3.0/24")}
-SERVICE_CIDR = "10.96.0.0/12"
 MANAGED_BY = "kr-lab"  # the endpointslice.kubernetes.io/managed-by value of the lab's slices
 
 
@@ -114,32 +111,3 @@ def endpoint_slices(svc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -
             } for m in sorted(members, key=lambda m: m["metadata"]["name"])],
         })
     return slices
-
-
-def seed_cluster() -> list[Object]:
-    """The blog post's cluster: three nodes, two namespaces, pods on every node, two services, a policy."""
-    objects: list[Object] = [node(name, LAN_PREFIX + host, cidr) for name, (host, cidr) in NODES.items()]
-    objects += [namespace("default"), namespace("frontend", {"team": "web"}), namespace("backend", {"team": "api"})]
-    pods = [
-        pod("frontend", "web-1", "kube-node1", "10.1.1.2", {"app": "web"}),
-        pod("frontend", "web-2", "kube-node2", "10.1.2.2", {"app": "web"}),
-        pod("backend", "api-1", "kube-node2", "10.1.2.3", {"app": "api"}, [("http", 9090, "TCP"), ("dns", 5353, "UDP")]),
-        pod("backend", "api-2", "kube-node3", "10.1.3.2", {"app": "api"}, [("http", 9091, "TCP"), ("dns", 5353, "UDP")]),
-    ]
-    services = [
-        service("frontend", "web", "10.96.0.20", {"app": "web"}, [("http", 80, "http", "TCP")],
-                service_type="NodePort", node_ports={"http": 30080}),
-        service("backend", "api", "10.96.0.10", {"app": "api"}, [("http", 80, "http", "TCP"), ("dns", 53, "dns", "UDP")]),
-    ]
-    policy = {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"namespace": "backend", "name": "allow-frontend"},
-        "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"],
-                 "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}],
-                              "ports": [{"protocol": "TCP", "port": "http"}]}]},
-    }
-    objects += pods + services
-    for svc in services:
-        objects += endpoint_slices(svc, pods)
-    objects.append(policy)
-    return objects

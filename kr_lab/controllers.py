@@ -115,11 +115,13 @@ def _node_ports_in_use(services: list[Mapping[str, Any]]) -> set[int]:
 class EndpointSliceController:
     """Reconciles every managed EndpointSlice whenever a Service or Pod changes."""
 
+    WATCHED = ("services", "pods")
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.done_through = 0
         self._stop = threading.Event()
-        self._watches = [store.watch(resource, ObjectFilter(), None) for resource in ("services", "pods")]
+        self._watches = [store.watch(resource, ObjectFilter(), None) for resource in self.WATCHED]
         self._thread = threading.Thread(target=self._run, name="endpointslice-controller", daemon=True)
 
     def start(self) -> None:
@@ -138,8 +140,11 @@ class EndpointSliceController:
         pending = True  # reconcile once at start
         while not self._stop.is_set():
             revision = self.store.revision  # read first: every change up to it is queued by now
-            for watch in self._watches:
-                while watch.next(0) is not None:
+            for index, watch in enumerate(self._watches):
+                if watch.closed:  # it fell too far behind: a new watch, and reconcile everything
+                    self._watches[index] = self.store.watch(self.WATCHED[index], ObjectFilter(), None)
+                    pending = True
+                while self._watches[index].next(0) is not None:
                     pending = True
             if pending:
                 try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from importlib import metadata
 from typing import Any
 
 import click
 import yaml
 
 from kr_core.errors import KrError
+from kr_core.plugins import installed_plugins
 from kr_lab.cli import render_matrix
 from kr_lab.lab import KR, Lab
 from kr_lab.spec import DEFAULT_SPEC_TEXT
@@ -34,7 +34,7 @@ SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "bac
 
 
 def installed(names: tuple[str, ...]) -> list[str]:
-    available = {ep.name for ep in metadata.entry_points(group="krouter.plugins")}
+    available = {plugin.name for plugin in installed_plugins()}
     return [name for name in names if name in available]
 
 

@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -79,7 +79,7 @@ class Lab:
 
     @classmethod
     def up(cls, state_dir: StateDir, spec_data: dict[str, Any], plugins: Sequence[str], agent_args: Sequence[str] = (),
-           progress: Progress = _quiet, timeout: float = 60.0) -> Lab:
+           progress: Progress = _quiet, timeout: float = 60.0, keep_on_failure: bool = False) -> Lab:
         """Build a lab from ``spec_data`` in ``state_dir`` and return once every agent has synced."""
         spec = parse_spec(spec_data)
         if not plugins:
@@ -88,18 +88,25 @@ class Lab:
         if missing:
             raise LabError(f"unknown plugin {', '.join(missing)}. Installed plugins: "
                            f"{', '.join(p.name for p in installed_plugins())}")
-        if state_dir.exists():
-            raise LabError(f"a lab already lives in {state_dir.path}; run `kr lab down --state {state_dir.path}` first")
-        taken = set(topology.list_labs())
-        lab_id = next(i for i in iter(lambda: secrets.token_hex(2), None) if i not in taken)
-        state = LabState(lab_id=lab_id, spec=spec_data, plugins=list(plugins), agent_args=list(agent_args))
-        state_dir.save(state)  # first of all: from now on `kr lab down` can find and remove it
+        state_dir.check_free()
+        started = time.monotonic()
+        state = LabState(lab_id="", spec=spec_data, plugins=list(plugins), agent_args=list(agent_args))
+        for _ in range(8):  # ids are random; build_network refuses one in use before creating anything
+            state.lab_id = secrets.token_hex(2)
+            state_dir.save(state)  # before anything exists: from now on `kr lab down` can remove it
+            try:
+                progress(f"lab {state.lab_id}: building the network ({len(spec.lans)} LAN(s), {len(spec.hosts)} hosts)")
+                topology.build_network(state.lab_id, spec)
+                break
+            except topology.LabExistsError:
+                continue
+        else:
+            state_dir.remove()
+            raise LabError("could not find a free lab id")
+        lab_id = state.lab_id
         state_dir.logs.mkdir(exist_ok=True)
         (state_dir.path / "spec.yaml").write_text(yaml.safe_dump(spec_data, sort_keys=False), encoding="utf-8")
-        started = time.monotonic()
         try:
-            progress(f"lab {lab_id}: building the network ({len(spec.lans)} LAN(s), {len(spec.hosts)} hosts)")
-            topology.build_network(lab_id, spec)
             for host in spec.hosts:
                 state.hosts[host.name] = HostRecord(host.name, host.role, str(host.ip), topology.host_ns(lab_id, host.name),
                                                     str(host.pod_cidr) if host.pod_cidr else None)
@@ -126,7 +133,15 @@ class Lab:
             progress(f"lab {lab_id}: up in {time.monotonic() - started:.1f}s; kubeconfig: {state_dir.kubeconfig}")
             return lab
         except BaseException:
-            progress(f"lab {lab_id}: build failed; `kr lab down --state {state_dir.path}` removes what was built")
+            if keep_on_failure:
+                progress(f"lab {lab_id}: build failed; left as it is for a look (`kr lab down --state {state_dir.path}`)")
+            else:
+                logs = _tails(state_dir.logs)
+                progress(f"lab {lab_id}: build failed; removing what was built")
+                topology.teardown(lab_id)
+                state_dir.remove()
+                if logs:
+                    progress(logs)
             raise
 
     @staticmethod
@@ -137,8 +152,8 @@ class Lab:
                 raise LabError("no lab to take down: give --state DIR of a lab (or --id ID, see `kr lab list`)")
             lab_id = state_dir.load().lab_id
         removed = topology.teardown(lab_id)
-        if state_dir is not None and state_dir.path.exists():
-            shutil.rmtree(state_dir.path)
+        if state_dir is not None and state_dir.exists() and state_dir.load().lab_id == lab_id:
+            state_dir.remove()
         return removed
 
     def _start_master(self) -> None:
@@ -153,7 +168,7 @@ class Lab:
     def _spawn(self, netns: str, log_name: str, argv: list[str]) -> int:
         log = open(self.dir.logs / f"{log_name}.log", "ab")
         process = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=_lab_env())
         log.close()
         return process.pid
 
@@ -162,6 +177,8 @@ class Lab:
     def start_agent(self, node: str) -> None:
         """Start ``kr run`` in ``node``'s namespace with the lab's plugins."""
         host = self._node(node)
+        if self._agent_pids(host.netns):
+            raise LabError(f"the agent on {node} is already running")
         argv = [KR, "run", "--plugins", ",".join(self.state.plugins), "--kubeconfig", str(self.dir.kubeconfig),
                 "--hostname-override", node, "--healthz-bind-address", f"127.0.0.1:{HEALTHZ_PORT}",
                 "--metrics-bind-address", f"127.0.0.1:{METRICS_PORT}", "--min-sync-period", "0.1",
@@ -194,7 +211,7 @@ class Lab:
         """The agent's /healthz JSON, or None when it does not answer."""
         def get() -> dict[str, Any] | None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{HEALTHZ_PORT}/healthz", timeout=2) as response:
+                with _DIRECT.open(f"http://127.0.0.1:{HEALTHZ_PORT}/healthz", timeout=2) as response:
                     return json.loads(response.read())
             except urllib.error.HTTPError as exc:
                 return json.loads(exc.read() or b"{}")
@@ -224,16 +241,24 @@ class Lab:
     def call_api(self, fn: Callable[[client.ApiClient], Any]) -> Any:
         """Run ``fn(api_client)`` from the master's namespace, where the API listens."""
         if self._api_client is None:
-            self._api_client = client.ApiClient(client.Configuration(host=self.state.api_url))
+            configuration = client.Configuration(host=self.state.api_url)
+            configuration.proxy = None  # the lab's API is inside the lab: never through a proxy
+            configuration.no_proxy = "*"
+            configuration.retries = False
+            self._api_client = client.ApiClient(configuration)
         api_client = self._api_client
-        return run_in_netns(self.state.hosts[self.spec.master.name].netns, fn, api_client)
+        try:
+            return run_in_netns(self.state.hosts[self.spec.master.name].netns, fn, api_client)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise LabError(f"the lab's API at {self.state.api_url} does not answer ({type(exc).__name__}); "
+                           f"see {self.dir.logs / 'master.log'}") from exc
 
     def _call(self, kind: str, verb: str, obj: Mapping[str, Any] | None = None, name: str = "",
               namespace: str = "", **kwargs: Any) -> Any:
         if kind not in KIND_METHODS:
             raise LabError(f"kind {kind!r} is not handled by the lab; choose one of: {', '.join(KIND_METHODS)}")
         api_class, suffix, namespaced = KIND_METHODS[kind]
-        args: dict[str, Any] = dict(kwargs)
+        args: dict[str, Any] = {"_request_timeout": (5, self.barrier_timeout), **kwargs}
         if obj is not None:
             args["body"] = obj
         if name and verb != "create":
@@ -262,13 +287,17 @@ class Lab:
 
     def _master_status(self) -> dict[str, Any]:
         def get() -> dict[str, Any]:
-            with urllib.request.urlopen(f"{self.state.api_url}/_kr/status", timeout=5) as response:
+            with _DIRECT.open(f"{self.state.api_url}/_kr/status", timeout=5) as response:
                 return json.loads(response.read())
-        return run_in_netns(self.state.hosts[self.spec.master.name].netns, get)
+        try:
+            return run_in_netns(self.state.hosts[self.spec.master.name].netns, get)
+        except (OSError, ValueError) as exc:
+            raise LabError(f"the lab's API at {self.state.api_url} does not answer ({exc}); "
+                           f"see {self.dir.logs / 'master.log'}") from exc
 
     # --- the barrier
 
-    def barrier(self, revision: int) -> float:
+    def barrier(self, revision: int) -> None:
         """Wait until the controllers and every agent have handled everything up to ``revision``."""
         started = time.monotonic()
         deadline = started + self.barrier_timeout
@@ -284,15 +313,17 @@ class Lab:
 
             def caught_up(node: str = host.name) -> bool:
                 health = self.agent_health(node)
-                versions = (health or {}).get("syncedResourceVersions") or {}
+                if health is None or health.get("healthy") is not True:
+                    lagging[:] = ["not healthy" if health else "not answering"]
+                    return False
+                versions = health.get("syncedResourceVersions") or {}
                 lagging[:] = [kind for kind, version in versions.items() if int(version or 0) < latest.get(kind, 0)]
-                return health is not None and not lagging
+                return bool(versions) and not lagging
 
             _wait(caught_up, max(0.1, deadline - time.monotonic()),
                   lambda node=host.name: f"the agent on {node} has not synced the change "
                                          f"(lagging: {', '.join(lagging) or 'not answering'}); "
                                          f"see {self.dir.logs / f'agent-{node}.log'}")
-        return time.monotonic() - started
 
     # --- changing objects
 
@@ -301,13 +332,16 @@ class Lab:
         revision, count = 0, 0
         with self.dir.locked():
             self.state = self.dir.load()
-            for obj in documents:
-                if obj.get("kind") == "Pod":
-                    revision = max(revision, self._apply_pod(obj))
-                else:
-                    revision = max(revision, self._write(obj))
-                count += 1
-            self.dir.save(self.state)
+            try:
+                for obj in documents:
+                    _check_object(obj)
+                    if obj.get("kind") == "Pod":
+                        revision = max(revision, self._apply_pod(obj))
+                    else:
+                        revision = max(revision, self._write(obj))
+                    count += 1
+            finally:
+                self.dir.save(self.state)  # what was done stays recorded, also when a later object fails
         if wait and revision:
             self.barrier(revision)
         return count
@@ -316,18 +350,21 @@ class Lab:
         revision, count = 0, 0
         with self.dir.locked():
             self.state = self.dir.load()
-            for obj in documents:
-                kind, meta = obj.get("kind", ""), obj.get("metadata") or {}
-                name, namespace = meta.get("name", ""), meta.get("namespace") or "default"
-                try:
-                    self._call(kind, "delete", name=name, namespace=namespace)
-                except ApiException as exc:
-                    raise LabError(f"{kind} {namespace}/{name}: {_reason(exc)}") from exc
-                if kind == "Pod":
-                    self._stop_pod(f"{namespace}/{name}")
-                revision = max(revision, self._master_revision())  # the deletion's own version
-                count += 1
-            self.dir.save(self.state)
+            try:
+                for obj in documents:
+                    _check_object(obj)
+                    kind, meta = obj.get("kind", ""), obj["metadata"]
+                    name, namespace = meta.get("name", ""), meta.get("namespace") or "default"
+                    try:
+                        self._call(kind, "delete", name=name, namespace=namespace)
+                    except ApiException as exc:
+                        raise LabError(f"{kind} {namespace}/{name}: {_reason(exc)}") from exc
+                    if kind == "Pod":
+                        self._stop_pod(f"{namespace}/{name}")
+                    revision = max(revision, self._master_revision())  # the deletion's own version
+                    count += 1
+            finally:
+                self.dir.save(self.state)
         if wait and revision:
             self.barrier(revision)
         return count
@@ -377,11 +414,16 @@ class Lab:
                                    "namespaces": [{"name": n} for n in {namespace} - {"default"}]}).pods[0]
         except SpecError as exc:
             raise LabError(f"pod {namespace}/{name}: {exc}") from exc
+        try:
+            self._call("Namespace", "read", name=namespace)
+        except ApiException as exc:
+            raise LabError(f"pod {namespace}/{name}: namespace {namespace!r} does not exist in the API; "
+                           "apply the Namespace first") from exc
         key = f"{namespace}/{name}"
         existing = self.state.pods.get(key)
-        if existing is not None and existing.node == node:
-            existing.ports = [[p.name, p.port, p.protocol] for p in pod_spec.ports]
-            return self._write(_pod_object(pod_spec, existing.ip, self.state.hosts[node].ip))  # labels/ports update
+        ports = [[p.name, p.port, p.protocol] for p in pod_spec.ports]
+        if existing is not None and existing.node == node and existing.ports == ports:
+            return self._write(_pod_object(pod_spec, existing.ip, self.state.hosts[node].ip))  # a labels update
         if existing is not None:
             self._stop_pod(key)
         return self._start_pod(pod_spec)
@@ -429,9 +471,9 @@ class Lab:
         if target in self.state.hosts:
             return self.state.hosts[target].ip
         try:
-            return str(ipaddress.ip_address(target))
+            return str(ipaddress.IPv4Address(target))
         except ValueError:
-            raise LabError(f"{target!r} is neither a pod, a host nor an IP address") from None
+            raise LabError(f"{target!r} is neither a pod, a host nor an IPv4 address") from None
 
     def status(self) -> dict[str, Any]:
         nodes = []
@@ -476,6 +518,32 @@ def _pod_object(pod_spec: PodSpec, ip: str, host_ip: str) -> dict[str, Any]:
                       [(p.name, p.port, p.protocol) for p in pod_spec.ports])
     obj["status"]["hostIP"] = host_ip
     return obj
+
+
+#: urllib without proxies: lab addresses exist only inside the lab
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _lab_env() -> dict[str, str]:
+    """The environment for lab processes: no proxy settings, so nothing in the lab reaches outside."""
+    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+
+
+def _check_object(obj: Any) -> None:
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("metadata"), Mapping) or not obj["metadata"].get("name"):
+        raise LabError(f"not a Kubernetes object with metadata.name: {str(obj)[:120]}")
+    if obj.get("kind") not in KIND_METHODS:
+        raise LabError(f"kind {obj.get('kind')!r} is not handled by the lab; choose one of: {', '.join(KIND_METHODS)}")
+
+
+def _tails(logs: Path, lines: int = 3) -> str:
+    """The last lines of every log, to show why a build failed before the logs are removed."""
+    parts = []
+    for log in sorted([*logs.glob("agent-*.log"), *logs.glob("master.log")]) if logs.exists() else []:
+        tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+        if tail:
+            parts.append(f"  {log.name}: " + "\n    ".join(tail))
+    return "\n".join(parts)
 
 
 def _wait(condition: Callable[[], bool], timeout: float, message: Callable[[], str]) -> None:

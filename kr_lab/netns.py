@@ -27,13 +27,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from kr_lab.nsenter import NETNS_RUN_DIR, netns_path
+from kr_lab.state import LabError
 
 NETNS_ETC_DIR = "/etc/netns"
 RESOLV_CONF = "# kr lab: no resolver; names never leave the namespace\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
-class IPError(RuntimeError):
+class IPError(LabError):
     """An ``ip`` (or ``ip netns exec``) command failed; the message carries the command and its stderr."""
 
 
@@ -155,10 +156,6 @@ def delete(names: Iterable[str]) -> None:
             failure = str(exc)
     for name in names:
         shutil.rmtree(_etc_dir(name), ignore_errors=True)
-    try:
-        os.rmdir(NETNS_ETC_DIR)  # only succeeds when empty: the lab made it and nobody uses it now
-    except OSError:
-        pass
     still = [n for n in names if os.path.exists(netns_path(n))]
     if still:
         raise IPError(f"namespaces left after delete: {', '.join(still)}; {failure}")

@@ -126,15 +126,14 @@ pods:
 """
 
 
-def load_spec(path: str | Path | None) -> LabSpec:
-    """Parse the spec file at ``path``, or the default spec when ``path`` is None."""
-    if path is None:
-        return parse_spec(yaml.safe_load(DEFAULT_SPEC_TEXT))
+def load_spec_document(path: str | Path | None) -> dict[str, Any]:
+    """The spec document at ``path`` (the default spec when None), checked by ``parse_spec``."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8") if path else DEFAULT_SPEC_TEXT)
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"cannot read spec {path}: {exc}") from exc
-    return parse_spec(data)
+    parse_spec(data)
+    return data
 
 
 def parse_spec(data: Any) -> LabSpec:
@@ -146,6 +145,11 @@ def parse_spec(data: Any) -> LabSpec:
     service_cidr = _network(doc.get("serviceCIDR", "10.96.0.0/12"), "serviceCIDR")
     cluster_cidr = _network(doc["clusterCIDR"], "clusterCIDR") if doc.get("clusterCIDR") else None
 
+    for lan in lans:
+        if lan.subnet.overlaps(service_cidr) or (cluster_cidr is not None and lan.subnet.overlaps(cluster_cidr)):
+            raise SpecError(f"lans: {lan.name} ({lan.subnet}) overlaps the service or cluster CIDR")
+    if cluster_cidr is not None and cluster_cidr.overlaps(service_cidr):
+        raise SpecError(f"clusterCIDR {cluster_cidr} overlaps serviceCIDR {service_cidr}")
     master = _host(_mapping(doc.get("master"), "master"), "master", "master", by_lan)
     nodes = [_host(item, f"nodes[{i}]", "node", by_lan) for i, item in enumerate(_list(doc.get("nodes"), "nodes", required=True))]
     externals = tuple(_host(item, f"externals[{i}]", "external", by_lan)

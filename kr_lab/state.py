@@ -20,6 +20,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,24 @@ class StateDir:
 
     def exists(self) -> bool:
         return self.state_file.exists()
+
+    def check_free(self) -> None:
+        """Refuse a directory that holds a lab already, or files that are not a lab's."""
+        if self.exists():
+            raise LabError(f"a lab already lives in {self.path}; run `kr lab down --state {self.path}` first")
+        if self.path.exists() and any(self.path.iterdir()):
+            raise LabError(f"{self.path} is not empty; give --state a new or empty directory for the lab")
+
+    def remove(self) -> None:
+        """Delete the files the lab made (nothing else), then the directory if it is empty."""
+        for name in ("lab.json", "lab.tmp", "spec.yaml", "kubeconfig", "master.port", "master.port.tmp", ".lock"):
+            (self.path / name).unlink(missing_ok=True)
+        if self.logs.exists():
+            shutil.rmtree(self.logs)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # something else lives there too: leave it
 
     def load(self) -> LabState:
         if not self.state_file.exists():

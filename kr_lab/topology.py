@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kr_lab import echo, netns
 from kr_lab.spec import Host, LabSpec, PodSpec
+from kr_lab.state import LabError
 
 BRIDGE = "kube-bridge"
 POD_MTU = 1450
@@ -41,7 +42,7 @@ SWITCH_SYSCTLS = {"net.bridge.bridge-nf-call-iptables": 0, "net.bridge.bridge-nf
                   "net.bridge.bridge-nf-call-arptables": 0}  # a plain L2 switch: bridged frames skip netfilter
 
 
-class LabExistsError(RuntimeError):
+class LabExistsError(LabError):
     """Namespaces with the lab's prefix already exist."""
 
 
@@ -147,10 +148,10 @@ def add_pod(lab_id: str, spec: LabSpec, pod: PodSpec, ip: ipaddress.IPv4Address,
     """
     node, ip = spec.host(pod.node), ipaddress.IPv4Address(ip)
     if node.pod_cidr is None:
-        raise ValueError(f"{node.name} has no pod CIDR")
+        raise LabError(f"{node.name} has no pod CIDR")
     gw = gateway(node.pod_cidr)
     if ip not in node.pod_cidr or ip in (gw.ip, node.pod_cidr.network_address, node.pod_cidr.broadcast_address):
-        raise ValueError(f"{ip} is not a pod address of {node.name} ({node.pod_cidr}, gateway {gw.ip})")
+        raise LabError(f"{ip} is not a pod address of {node.name} ({node.pod_cidr}, gateway {gw.ip})")
     ns, node_ns, peer = pod_ns(lab_id, pod.namespace, pod.name), host_ns(lab_id, node.name), pod_veth(pod.namespace, pod.name)
     netns.create(ns)
     try:
@@ -160,6 +161,9 @@ def add_pod(lab_id: str, spec: LabSpec, pod: PodSpec, ip: ipaddress.IPv4Address,
         netns.ip_batch([f"link set {peer} master {BRIDGE}", f"link set {peer} type bridge_slave hairpin on",
                         f"link set {peer} up"], node_ns)
         echo.start(ns, pod.key, [(p.port, p.protocol) for p in pod.ports], log_file)
+    except echo.EchoStartError as exc:
+        remove_pod(lab_id, pod.namespace, pod.name)
+        raise LabError(f"pod {pod.key}: {exc}") from exc
     except BaseException:
         remove_pod(lab_id, pod.namespace, pod.name)
         raise

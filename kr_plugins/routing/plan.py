@@ -97,7 +97,8 @@ def plan_routes(desired: DesiredState, underlay: Underlay, settings: RoutingSett
         if not cidrs:
             notes.append(f"node {node.name}: no IPv4 pod CIDR yet; nothing to route")
             continue
-        taken = [f"{c} (node {claimed_cidrs[c]})" for c in cidrs if c in claimed_cidrs]
+        taken = [f"{c} overlaps {held} (node {claimed_cidrs[held]})" for c in cidrs for held in claimed_cidrs
+                 if ipaddress.IPv4Network(c).overlaps(ipaddress.IPv4Network(held))]
         if taken or ip in claimed_ips:
             held = ", ".join(taken) if taken else f"IP {ip} (node {claimed_ips[ip]})"
             notes.append(f"node {node.name}: {held} already taken; its pods are not routed")

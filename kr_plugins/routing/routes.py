@@ -124,7 +124,7 @@ class RouteTable:
                 continue
             try:
                 indexes = indexes if indexes is not None else link_indexes(ipr)
-                if self._install(ipr, route, indexes, replace=dst in programmed):
+                if self._install(ipr, route, indexes):
                     programmed[dst] = route
             except Exception as exc:  # one route's failure must not stop the others
                 failures.append(f"route {route}: {exc}")
@@ -135,26 +135,29 @@ class RouteTable:
         if self._programmed is not None:
             self._programmed = {dst: r for dst, r in self._programmed.items() if r.device != device}
 
-    def _install(self, ipr: IPRoute, route: Route, indexes: dict[str, int], replace: bool) -> bool:
-        """Add (or replace our own) route; False if somebody else's route holds the destination."""
+    def _install(self, ipr: IPRoute, route: Route, indexes: dict[str, int]) -> bool:
+        """Add (or replace our own) route; False if somebody else's route holds the destination.
+
+        Always add first and replace only after checking the holder: the in-memory model may be stale
+        (another tool may have taken the prefix since), and ``replace`` ignores the protocol.
+        """
         if route.device not in indexes:
             raise LookupError(f"no device {route.device}")
         request = dict(dst=route.dst, gateway=route.gateway, oif=indexes[route.device], table=MAIN_TABLE,
                        proto=KR_ROUTE_PROTOCOL, flags=RTNH_F_ONLINK if route.onlink else 0)
-        if not replace:
-            try:
-                ipr.route("add", **request)
-                self._conflicts.discard(route.dst)
-                return True
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
-            if not self._held_by_us(ipr, route.dst):
-                if route.dst not in self._conflicts:
-                    self._conflicts.add(route.dst)
-                    log.warning("not routing %s: a route of another protocol already holds it; "
-                                "kr leaves it alone", route)
-                return False
+        try:
+            ipr.route("add", **request)
+            self._conflicts.discard(route.dst)
+            return True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        if not self._held_by_us(ipr, route.dst):
+            if route.dst not in self._conflicts:
+                self._conflicts.add(route.dst)
+                log.warning("not routing %s: a route of another protocol already holds it; "
+                            "kr leaves it alone", route)
+            return False
         ipr.route("replace", **request)
         return True
 

@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 
 from kr_apiserver import APIServer
-from kr_lab.cluster import seed_cluster
+
 from kr_lab.kubeconfig import write_kubeconfig
+
+from .objects import seed_cluster
 
 KR = str(Path(sys.executable).with_name("kr"))
 MIN_SYNC = 0.2

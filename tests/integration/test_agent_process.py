@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kr_apiserver import APIServer
-from kr_lab.cluster import endpoint_slices, pod, seed_cluster, service
+from kr_lab.cluster import endpoint_slices, pod, service
 from kr_lab.kubeconfig import write_kubeconfig
 
 from .conftest import KR, MIN_SYNC, AgentProcess, services_in
+from .objects import seed_cluster
 
 # A change must be programmed within the runner's interval plus the time a watch event and a sync take.
 PROMPT = MIN_SYNC + 2.0

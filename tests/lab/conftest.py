@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kr_lab import topology
-from kr_lab.spec import LabSpec, load_spec
+from kr_lab.spec import LabSpec, load_spec_document, parse_spec
 
 _MADE: set[str] = set()  # every lab id any test of the session built
 
@@ -72,7 +71,7 @@ def lab_factory(log_dir: Path) -> Iterator[LabFactory]:
     made: list[str] = []
 
     def make(spec: LabSpec | None = None, pods: bool = True) -> Lab:
-        spec = spec or load_spec(None)
+        spec = spec or parse_spec(load_spec_document(None))
         lab_id = fresh_lab_id()
         made.append(lab_id)
         topology.build_network(lab_id, spec)
@@ -103,21 +102,10 @@ def default_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield make()
 
 
-def _root_state() -> dict[str, str]:
-    def run(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-
-    return {"links": run("ip", "-br", "link"), "addrs": run("ip", "-br", "addr"),
-            "routes": run("ip", "route", "show", "table", "all"), "rules": run("ip", "rule"),
-            "sysctls": run("sysctl", "net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")}
-
-
 @pytest.fixture(scope="session", autouse=True)
-def root_namespace_untouched() -> Iterator[None]:
-    before = _root_state()
+def no_lab_left_behind() -> Iterator[None]:
     yield
     leftovers = [lab_id for lab_id in topology.list_labs() if lab_id in _MADE]
     for lab_id in leftovers:
         topology.teardown(lab_id)
     assert not leftovers, f"labs left behind: {leftovers}"
-    assert _root_state() == before

@@ -55,6 +55,12 @@ class LabHandle:
     def status(self) -> dict:
         return json.loads(self("status", "--json").stdout)
 
+    def status_cache(self) -> dict:
+        """The status as first read (namespaces and addresses do not change during a test)."""
+        if not hasattr(self, "_status"):
+            self._status = self.status()
+        return self._status
+
     def matrix(self, *extra: str) -> list[dict]:
         return json.loads(self("probe", "--matrix", "--json", "--timeout", "1", *extra).stdout)
 
@@ -132,17 +138,35 @@ def test_two_subnets_through_the_overlay(make_lab: Callable[..., LabHandle]) -> 
     assert "kr-vxlan" in node_routes, "the node in the other subnet is reached over VXLAN"
 
 
-def test_apply_barrier_and_negative_probes(make_lab: Callable[..., LabHandle], tmp_path: Path) -> None:
+def routes_of(lab: LabHandle, node: str) -> str:
+    """kr's routes on a node, read with `ip -n` directly (the CLI's start-up would dominate the test)."""
+    netns = next(n["netns"] for n in lab.status_cache()["nodes"] if n["name"] == node)
+    return subprocess.run(["ip", "-n", netns, "route", "show", "proto", "107"], capture_output=True, text=True).stdout
+
+
+def test_apply_barrier(make_lab: Callable[..., LabHandle], tmp_path: Path) -> None:
+    """When `kr lab apply` returns, every node's datapath already has the change: no polling needed."""
     lab = make_lab()
-    service = tmp_path / "objects.yaml"
-    service.write_text(textwrap.dedent("""\
-        apiVersion: v1
-        kind: Service
-        metadata: {namespace: backend, name: barrier-test}
-        spec:
-          selector: {app: api}
-          ports: [{name: http, port: 80, targetPort: http}]
-        ---
+    nodes = ("kube-node1", "kube-node2", "kube-node3")
+    for round_ in range(3):
+        new_node = tmp_path / f"node{round_}.yaml"
+        new_node.write_text(textwrap.dedent(f"""\
+            apiVersion: v1
+            kind: Node
+            metadata: {{name: extra-{round_}}}
+            spec: {{podCIDR: 10.1.{50 + round_}.0/24, podCIDRs: [10.1.{50 + round_}.0/24]}}
+            status: {{addresses: [{{type: InternalIP, address: 192.168.56.{50 + round_}}}]}}
+            """))
+        lab("apply", "-f", str(new_node))
+        for node in nodes:  # checked at once, not eventually
+            assert f"10.1.{50 + round_}.0/24 via 192.168.56.{50 + round_}" in routes_of(lab, node), (round_, node)
+        lab("delete", "-f", str(new_node))
+        for node in nodes:
+            assert f"10.1.{50 + round_}.0/24" not in routes_of(lab, node), (round_, node)
+
+    # a pod applied on one node is reachable from another as soon as apply returns
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(textwrap.dedent("""\
         apiVersion: v1
         kind: Pod
         metadata: {namespace: backend, name: api-9, labels: {app: api}}
@@ -150,32 +174,42 @@ def test_apply_barrier_and_negative_probes(make_lab: Callable[..., LabHandle], t
           nodeName: kube-node3
           containers: [{name: api, ports: [{name: http, containerPort: 9090}]}]
         """))
-    lab("apply", "-f", str(service))
-    # the barrier returned only after every agent synced the service and the new pod's endpoint
-    for node in ("kube-node1", "kube-node2", "kube-node3"):
-        log = lab.log(node)
-        assert "services backend/barrier-test" in log, node
-        assert "pods backend/api-9" in log, node
-    probe = lab("probe", "--from", "frontend/web-1", "--to", "backend/api-9", "--port", "9090")
-    assert "answered by backend/api-9" in probe.stdout
-
-    # negative: a closed port is refused, a removed route makes the pod unreachable
-    refused = lab("probe", "--from", "frontend/web-1", "--to", "backend/api-9", "--port", "9999", "--timeout", "1", check=False)
-    assert refused.returncode == 1 and "refused" in refused.stdout
-    lab("exec", "kube-node1", "--", "ip", "route", "del", "10.1.3.0/24")
-    cut = lab("probe", "--from", "frontend/web-1", "--to", "backend/api-9", "--port", "9090", "--timeout", "1", check=False)
-    assert cut.returncode == 1
-
-    # a stopped agent leaves its routes in place (a restart must not cut traffic) but holds the barrier
-    lab("agent", "stop", "kube-node2")
-    assert "unhealthy" in lab("status").stdout or "down" in lab("status").stdout
-    stuck = lab("label", "pod", "backend/api-9", "tier=gold", "--timeout", "3", check=False, timeout=60)
-    assert stuck.returncode == 1 and "kube-node2" in stuck.stderr
-    lab("agent", "start", "kube-node2")
-    lab("label", "pod", "backend/api-9", "tier=silver")
-    lab("delete", "-f", str(service))
+    lab("apply", "-f", str(pod))
+    assert "answered by backend/api-9" in lab("probe", "--from", "frontend/web-1", "--to", "backend/api-9", "--port", "9090").stdout
+    lab("delete", "-f", str(pod))
     gone = lab("probe", "--from", "frontend/web-1", "--to", "10.1.3.4", "--port", "9090", "--timeout", "1", check=False)
     assert gone.returncode == 1
+
+
+def test_negative_probes_and_agent_restarts(make_lab: Callable[..., LabHandle]) -> None:
+    lab = make_lab()
+    # a closed port is refused; a route removed by hand makes the other node's pods unreachable
+    refused = lab("probe", "--from", "frontend/web-1", "--to", "backend/api-2", "--port", "9999", "--timeout", "1", check=False)
+    assert refused.returncode == 1 and "refused" in refused.stdout
+    lab("exec", "kube-node1", "--", "ip", "route", "del", "10.1.3.0/24")
+    cut = lab("probe", "--from", "frontend/web-1", "--to", "backend/api-2", "--port", "9090", "--timeout", "1", check=False)
+    assert cut.returncode == 1
+    matrix = lab.matrix()
+    assert not all(r["ok"] for r in matrix) and any(r["ok"] for r in matrix)
+    lab("agent", "stop", "kube-node1")
+    lab("agent", "start", "kube-node1")  # a restart's first sync is full: it re-reads and restores
+    assert "10.1.3.0/24 via 192.168.56.13" in routes_of(lab, "kube-node1")
+
+    # a stopped (or killed) agent leaves its routes: traffic keeps flowing while kr is down
+    before = routes_of(lab, "kube-node2")
+    for kill in (False, True):
+        lab("agent", "stop", "kube-node2", *(["--kill"] if kill else []))
+        assert "down" in lab("status").stdout
+        assert routes_of(lab, "kube-node2") == before
+        assert all(r["ok"] for r in lab.matrix())
+        # while it is down, changes cannot reach its node: the barrier says so instead of returning
+        stuck = lab("label", "pod", "backend/api-1", f"round={int(kill)}", "--timeout", "2", check=False, timeout=60)
+        assert stuck.returncode == 1 and "kube-node2" in stuck.stderr
+        lab("agent", "start", "kube-node2")
+        assert routes_of(lab, "kube-node2") == before
+    again = lab("agent", "start", "kube-node2", check=False)
+    assert again.returncode == 1 and "already running" in again.stderr
+    lab("label", "pod", "backend/api-1", "tier=silver")
 
 
 def test_route_removed_by_hand_is_restored_by_resync(make_lab: Callable[..., LabHandle]) -> None:

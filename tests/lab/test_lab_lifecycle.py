@@ -12,7 +12,7 @@ from conftest import LabFactory, fresh_lab_id
 
 from kr_lab import netns, topology
 from kr_lab.probe import probe
-from kr_lab.spec import load_spec
+from kr_lab.spec import load_spec_document, parse_spec
 
 
 def lab_namespaces(lab_id: str) -> list[str]:
@@ -85,7 +85,7 @@ def test_teardown_kills_what_runs_in_the_lab(new_lab: LabFactory) -> None:
 
 
 def test_teardown_after_a_partial_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    lab_id, spec = fresh_lab_id(), load_spec(None)
+    lab_id, spec = fresh_lab_id(), parse_spec(load_spec_document(None))
     real_add_veth, calls = netns.add_veth, []
 
     def failing_add_veth(*args: object, **kwargs: object) -> None:

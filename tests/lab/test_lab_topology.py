@@ -13,7 +13,7 @@ from conftest import Lab
 
 from kr_lab import echo, netns, topology
 from kr_lab.probe import probe
-from kr_lab.spec import load_spec
+from kr_lab.spec import load_spec_document, parse_spec
 
 SCTP_MISSING = not Path("/proc/net/sctp").exists()
 HOME_NS = os.readlink("/proc/thread-self/ns/net")
@@ -165,7 +165,7 @@ def test_build_and_pods_are_fast(new_lab: Any) -> None:
     import time
 
     started = time.monotonic()
-    lab = new_lab(load_spec(None))
+    lab = new_lab(parse_spec(load_spec_document(None)))
     built = time.monotonic() - started
     assert built < 3.0, f"default lab with pods took {built:.2f}s"
     started = time.monotonic()
