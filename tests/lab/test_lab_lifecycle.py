@@ -13,6 +13,7 @@ from conftest import LabFactory, fresh_lab_id
 from kr_lab import netns, topology
 from kr_lab.probe import probe
 from kr_lab.spec import load_spec_document, parse_spec
+from kr_lab.state import LabError
 
 
 def lab_namespaces(lab_id: str) -> list[str]:
@@ -57,7 +58,7 @@ def test_a_failed_add_pod_leaves_no_pod_behind(new_lab: LabFactory, tmp_path: Pa
     with pytest.raises(OSError):
         topology.add_pod(lab.id, lab.spec, pod, lab.pod_ips[pod.key], tmp_path / "missing-dir" / "pod.log")
     assert lab.pod_ns(pod.key) not in lab_namespaces(lab.id)
-    with pytest.raises(ValueError):
+    with pytest.raises(LabError, match="is not a pod address"):
         topology.add_pod(lab.id, lab.spec, pod, lab.spec.host(pod.node).pod_cidr.network_address + 1, tmp_path / "x.log")
 
 
