@@ -80,69 +80,65 @@ class Lab:
     @classmethod
     def up(cls, state_dir: StateDir, spec_data: dict[str, Any], plugins: Sequence[str], agent_args: Sequence[str] = (),
            progress: Progress = _quiet, timeout: float = 60.0, keep_on_failure: bool = False) -> Lab:
-        """Build a lab from ``spec_data`` in ``state_dir`` and return once every agent has synced."""
+        """Build a lab from ``spec_data`` in ``state_dir`` and return once every agent has synced.
+
+        A build that fails is removed again (with the last lines of the agents' and master's logs shown),
+        unless ``keep_on_failure``.
+        """
         spec = parse_spec(spec_data)
-        if not plugins:
-            raise LabError("the agents need at least one plugin (--plugins)")
-        missing = [name for name in plugins if name not in {p.name for p in installed_plugins()}]
-        if missing:
-            raise LabError(f"unknown plugin {', '.join(missing)}. Installed plugins: "
-                           f"{', '.join(p.name for p in installed_plugins())}")
+        _check_plugins(plugins)
         state_dir.check_free()
         started = time.monotonic()
         state = LabState(lab_id="", spec=spec_data, plugins=list(plugins), agent_args=list(agent_args))
-        for _ in range(8):  # ids are random; build_network refuses one in use before creating anything
-            state.lab_id = secrets.token_hex(2)
-            state_dir.save(state)  # before anything exists: from now on `kr lab down` can remove it
-            try:
-                progress(f"lab {state.lab_id}: building the network ({len(spec.lans)} LAN(s), {len(spec.hosts)} hosts)")
-                topology.build_network(state.lab_id, spec)
-                break
-            except topology.LabExistsError:
-                continue
-        else:
-            state_dir.remove()
-            raise LabError("could not find a free lab id")
-        lab_id = state.lab_id
-        state_dir.logs.mkdir(exist_ok=True)
-        (state_dir.path / "spec.yaml").write_text(yaml.safe_dump(spec_data, sort_keys=False), encoding="utf-8")
+        _reserve_and_build_network(state_dir, state, spec, progress)
         try:
-            for host in spec.hosts:
-                state.hosts[host.name] = HostRecord(host.name, host.role, str(host.ip), topology.host_ns(lab_id, host.name),
-                                                    str(host.pod_cidr) if host.pod_cidr else None)
-            state.api_url = f"http://{spec.master.ip}:{API_PORT}"
-            write_kubeconfig(state.api_url, state_dir.kubeconfig)
-            state_dir.save(state)
-            lab = cls(state_dir)
-            progress(f"lab {lab_id}: starting the API stand-in and controllers on {spec.master.name} ({state.api_url})")
-            lab._start_master()
-            progress(f"lab {lab_id}: registering {len(spec.nodes)} nodes and {len(spec.namespaces)} namespaces")
-            for host in spec.nodes:
-                lab._write(cluster.node(host.name, str(host.ip), str(host.pod_cidr), host.labels, host.annotations))
-            for name, labels in spec.namespaces.items():
-                lab._write(cluster.namespace(name, labels))
-            progress(f"lab {lab_id}: starting {len(spec.pods)} pods")
-            for pod_spec in spec.pods:
-                lab._start_pod(pod_spec)
-            progress(f"lab {lab_id}: starting agents ({', '.join(plugins) or 'no plugins'}) on {len(spec.nodes)} nodes")
-            for host in spec.nodes:
-                lab.start_agent(host.name)
-            lab.wait_agents_ready(timeout)
-            lab.state.status = "up"
-            state_dir.save(lab.state)
-            progress(f"lab {lab_id}: up in {time.monotonic() - started:.1f}s; kubeconfig: {state_dir.kubeconfig}")
-            return lab
+            lab = cls._record_hosts(state_dir, state, spec)
+            lab._populate(progress, timeout)
         except BaseException:
             if keep_on_failure:
-                progress(f"lab {lab_id}: build failed; left as it is for a look (`kr lab down --state {state_dir.path}`)")
+                progress(f"lab {state.lab_id}: build failed; left as it is (`kr lab down --state {state_dir.path}`)")
             else:
                 logs = _tails(state_dir.logs)
-                progress(f"lab {lab_id}: build failed; removing what was built")
-                topology.teardown(lab_id)
+                progress(f"lab {state.lab_id}: build failed; removing what was built")
+                topology.teardown(state.lab_id)
                 state_dir.remove()
                 if logs:
                     progress(logs)
             raise
+        progress(f"lab {state.lab_id}: up in {time.monotonic() - started:.1f}s; kubeconfig: {state_dir.kubeconfig}")
+        return lab
+
+    @classmethod
+    def _record_hosts(cls, state_dir: StateDir, state: LabState, spec: LabSpec) -> Lab:
+        state_dir.logs.mkdir(exist_ok=True)
+        (state_dir.path / "spec.yaml").write_text(yaml.safe_dump(state.spec, sort_keys=False), encoding="utf-8")
+        for host in spec.hosts:
+            state.hosts[host.name] = HostRecord(host.name, host.role, str(host.ip), topology.host_ns(state.lab_id, host.name),
+                                                str(host.pod_cidr) if host.pod_cidr else None)
+        state.api_url = f"http://{spec.master.ip}:{API_PORT}"
+        write_kubeconfig(state.api_url, state_dir.kubeconfig)
+        state_dir.save(state)
+        return cls(state_dir)
+
+    def _populate(self, progress: Progress, timeout: float) -> None:
+        """Start the master, register nodes, namespaces and pods, start the agents, wait for their sync."""
+        lab_id, spec = self.state.lab_id, self.spec
+        progress(f"lab {lab_id}: starting the API stand-in and controllers on {spec.master.name} ({self.state.api_url})")
+        self._start_master()
+        progress(f"lab {lab_id}: registering {len(spec.nodes)} nodes and {len(spec.namespaces)} namespaces")
+        for host in spec.nodes:
+            self._write(cluster.node(host.name, str(host.ip), str(host.pod_cidr), host.labels, host.annotations))
+        for name, labels in spec.namespaces.items():
+            self._write(cluster.namespace(name, labels))
+        progress(f"lab {lab_id}: starting {len(spec.pods)} pods")
+        for pod_spec in spec.pods:
+            self._start_pod(pod_spec)
+        progress(f"lab {lab_id}: starting agents ({', '.join(self.state.plugins)}) on {len(spec.nodes)} nodes")
+        for host in spec.nodes:
+            self.start_agent(host.name)
+        self.wait_agents_ready(timeout)
+        self.state.status = "up"
+        self.dir.save(self.state)
 
     @staticmethod
     def down(state_dir: StateDir | None = None, lab_id: str | None = None) -> list[str]:
@@ -165,12 +161,11 @@ class Lab:
                      "--bookmark-interval", "0.5"])
         _wait(port_file.exists, 15, lambda: f"the API stand-in did not start; see {self.dir.logs / 'master.log'}")
 
-    def _spawn(self, netns: str, log_name: str, argv: list[str]) -> int:
-        log = open(self.dir.logs / f"{log_name}.log", "ab")
-        process = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, env=_lab_env())
-        log.close()
-        return process.pid
+    def _spawn(self, netns: str, log_name: str, argv: list[str]) -> None:
+        """Start ``argv`` detached inside ``netns``, logging to ``logs/LOG_NAME.log``."""
+        with open(self.dir.logs / f"{log_name}.log", "ab") as log:
+            subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, env=_lab_env())
 
     # --- agents
 
@@ -518,6 +513,38 @@ def _pod_object(pod_spec: PodSpec, ip: str, host_ip: str) -> dict[str, Any]:
                       [(p.name, p.port, p.protocol) for p in pod_spec.ports])
     obj["status"]["hostIP"] = host_ip
     return obj
+
+
+def _check_plugins(plugins: Sequence[str]) -> None:
+    if not plugins:
+        raise LabError("the agents need at least one plugin (--plugins)")
+    installed = [p.name for p in installed_plugins()]
+    missing = [name for name in plugins if name not in installed]
+    if missing:
+        raise LabError(f"unknown plugin {', '.join(missing)}. Installed plugins: {', '.join(installed)}")
+
+
+def _reserve_and_build_network(state_dir: StateDir, state: LabState, spec: LabSpec, progress: Progress) -> None:
+    """Pick a free lab id and build the lab's network under it.
+
+    The state is saved before anything exists, so `kr lab down` can always remove what follows; ids are
+    random, and ``build_network`` refuses an id in use before it creates anything.
+    """
+    for _ in range(8):
+        state.lab_id = secrets.token_hex(2)
+        state_dir.save(state)
+        progress(f"lab {state.lab_id}: building the network ({len(spec.lans)} LAN(s), {len(spec.hosts)} hosts)")
+        try:
+            topology.build_network(state.lab_id, spec)
+            return
+        except topology.LabExistsError:
+            continue
+        except BaseException:
+            topology.teardown(state.lab_id)
+            state_dir.remove()
+            raise
+    state_dir.remove()
+    raise LabError("could not find a free lab id")
 
 
 #: urllib without proxies: lab addresses exist only inside the lab
