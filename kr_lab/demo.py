@@ -29,6 +29,11 @@ SCALE = {"apiVersion": "v1", "kind": "Pod",
          "metadata": {"namespace": "backend", "name": "api-3", "labels": {"app": "api"}},
          "spec": {"nodeName": "kube-node1", "containers": [{"name": "api", "ports": [
              {"name": "http", "containerPort": 9090, "protocol": "TCP"}]}]}}
+POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+          "metadata": {"namespace": "backend", "name": "api-from-frontend"},
+          "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}],
+                                "ports": [{"protocol": "TCP", "port": "http"}]}]}}
 SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "backend", "name": "api"},
            "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
@@ -84,8 +89,15 @@ def run_demo(state_path: str, keep: bool) -> None:
         _show_service(lab)
         if "proxy.iptables" not in plugins:
             click.echo("  (the service proxy backend is not installed yet, so traffic to the ClusterIP is not proxied)")
-        if "firewall.iptables" not in plugins:
-            click.echo("  (the NetworkPolicy step runs once the firewall backend is installed)")
+        if "firewall.iptables" in plugins:
+            step(6, "NetworkPolicy backend/api-from-frontend: api pods accept only namespace frontend (team=web) on http")
+            lab.apply([POLICY])
+            show_matrix(lab)
+            click.echo("  (rows are sources: only frontend/web-* still reach the backend/api-* columns; "
+                       "other pods are rejected at once)")
+            step(7, "delete the policy: traffic to the api pods is restored")
+            lab.delete([POLICY])
+            show_matrix(lab)
     except KrError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -170,8 +170,8 @@ def test_kr_core_never_imports_kr_plugins() -> None:
 
 def test_run_flags_select_default_backends() -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["run", "--run-router=false", "--run-service-proxy", "false"])
-    assert result.exit_code == 1 and "unknown plugin 'firewall.iptables'" in result.output
+    result = runner.invoke(main, ["run", "--run-router=false", "--run-firewall", "false"])
+    assert result.exit_code == 1 and "unknown plugin 'proxy.iptables'" in result.output
     result = runner.invoke(main, ["run", "--run-firewall=false", "--run-service-proxy=false", "--run-router"])
     assert result.exit_code == 1 and "unknown plugin 'routing.bgp'" in result.output
     result = runner.invoke(main, ["run", "--run-router=false", "--plugins", "debug.log", "--master", "http://127.0.0.1:9",
