@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import click
@@ -41,6 +41,7 @@ from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.firewall.compile import (
     HOOK_CHAINS,
+    KNOWN_SET,
     PREFIX,
     TOP_CHAIN,
     FirewallRuleset,
@@ -192,11 +193,22 @@ class IptablesFirewall(Backend):
         assert programmed is not None
         self._programmed = None  # until this sync has succeeded
         new_sets = [name for name, spec in ruleset.sets.items() if programmed.sets.get(name) != spec]
+        # A pod address joins KR-FW-KNOWN only once the chains policing it are in place, so a new pod is
+        # never briefly "known" without its policy: first the sets with KNOWN shrunk to the addresses it
+        # keeps (removals are safe early: unknown means rejected), then the chains, then KNOWN in full.
+        before_chains = dict(ruleset.sets)
+        if KNOWN_SET in new_sets:
+            kept = set(programmed.sets[KNOWN_SET].members) if KNOWN_SET in programmed.sets else set()
+            known = ruleset.sets[KNOWN_SET]
+            before_chains[KNOWN_SET] = replace(
+                known, members=tuple(m for m in known.members if m in kept))
         if new_sets:
-            ipset.restore(render_sets(ruleset.sets, new_sets))
+            ipset.restore(render_sets(before_chains, new_sets))
         text = render_chains(ruleset, programmed, full_hooks=reread)
         if text is not None:
             iptables.restore(text)
+        if KNOWN_SET in new_sets and before_chains[KNOWN_SET] != ruleset.sets[KNOWN_SET]:
+            ipset.restore(render_sets(ruleset.sets, [KNOWN_SET]))
         stale_sets = [name for name in programmed.sets if name not in ruleset.sets] + programmed.stray_sets
         if stale_sets:
             ipset.restore("".join(f"destroy {name}\n" for name in stale_sets))
