@@ -75,7 +75,7 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
     Absent kinds count as empty. Services labelled ``service.kubernetes.io/service-proxy-name`` are
     proxied only when the label equals ``proxy_name`` (so never when it is None), as in kube-proxy.
     """
-    nodes = _parse_each(snapshot, "nodes", "Node", _parse_node)
+    nodes = _parse_each(snapshot, "nodes", "Node", _parse_node, _MEMOS["nodes"])
     slices = _index_endpoint_slices(snapshot)
     service_ports = _parse_each(
         snapshot,
@@ -83,9 +83,9 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
         "Service",
         lambda key, obj: _parse_service(key, obj, slices, node_name, proxy_name),
     )
-    pods = _parse_each(snapshot, "pods", "Pod", _parse_pod)
-    namespaces = _parse_each(snapshot, "namespaces", "Namespace", _parse_namespace)
-    policies = _parse_each(snapshot, "networkpolicies", "NetworkPolicy", _parse_policy)
+    pods = _parse_each(snapshot, "pods", "Pod", _parse_pod, _MEMOS["pods"])
+    namespaces = _parse_each(snapshot, "namespaces", "Namespace", _parse_namespace, _MEMOS["namespaces"])
+    policies = _parse_each(snapshot, "networkpolicies", "NetworkPolicy", _parse_policy, _MEMOS["networkpolicies"])
     nodes.sort(key=lambda n: n.name)
     return DesiredState(
         node_name=node_name,
@@ -98,23 +98,68 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
     )
 
 
+class _ParseMemo:
+    """What parsing each object gave, kept from one build to the next.
+
+    The agent's cache never mutates an object: a changed object is a new dict. So when a key maps to the
+    very same dict (identity, and the same resourceVersion) as in the last build, its parse is reused:
+    the build stays a function of the snapshot, costs in proportion to what changed, and a malformed
+    object is logged once instead of on every sync. Entries of objects that left the snapshot are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._outcomes: dict[str, tuple[object, object, object]] = {}  # key -> (object, version, outcome)
+
+    def parse(self, objects: Mapping[str, Any], label: str,
+              parse: Callable[[str, Mapping[str, Any]], T | None]) -> list[T]:
+        fresh: dict[str, tuple[object, object, object]] = {}
+        parsed: list[T] = []
+        for key in sorted(objects):
+            obj = objects[key]
+            meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+            version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+            last = self._outcomes.get(key)
+            if last is not None and last[0] is obj and last[1] == version:
+                outcome = last[2]
+            else:
+                outcome = _parse_one(key, obj, label, parse)
+            fresh[key] = (obj, version, outcome)
+            if outcome is not None and not isinstance(outcome, _Malformed):
+                parsed.append(outcome)  # type: ignore[arg-type]
+        self._outcomes = fresh
+        return parsed
+
+
+_UNSEEN = object()
+
+
+def _parse_one(key: str, obj: object, label: str, parse: Callable[[str, Mapping[str, Any]], T | None]) -> object:
+    """The record for one object, or the ``_Malformed`` reason (logged here, once)."""
+    try:
+        if not isinstance(obj, Mapping):
+            raise _Malformed(f"not an object but {type(obj).__name__}")
+        return parse(key, obj)
+    except _Malformed as exc:
+        log.warning("skipping %s %s: %s", label, key, exc)
+        return exc
+
+
+_MEMOS = {kind: _ParseMemo() for kind in ("nodes", "pods", "namespaces", "networkpolicies")}
+
+
 def _parse_each(
-    snapshot: Snapshot, kind: str, label: str, parse: Callable[[str, Mapping[str, Any]], T | None]
+    snapshot: Snapshot, kind: str, label: str, parse: Callable[[str, Mapping[str, Any]], T | None],
+    memo: _ParseMemo | None = None,
 ) -> list[T]:
     """Parse every object of ``kind`` in key order, skipping (and logging) malformed ones."""
-    parsed: list[T] = []
     objects = snapshot.get(kind) or {}
+    if memo is not None:
+        return memo.parse(objects, label, parse)
+    parsed: list[T] = []
     for key in sorted(objects):
-        try:
-            obj = objects[key]
-            if not isinstance(obj, Mapping):
-                raise _Malformed(f"not an object but {type(obj).__name__}")
-            record = parse(key, obj)
-        except _Malformed as exc:
-            log.warning("skipping %s %s: %s", label, key, exc)
-            continue
-        if record is not None:
-            parsed.append(record)
+        outcome = _parse_one(key, objects[key], label, parse)
+        if outcome is not None and not isinstance(outcome, _Malformed):
+            parsed.append(outcome)  # type: ignore[arg-type]
     return parsed
 
 

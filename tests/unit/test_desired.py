@@ -374,3 +374,23 @@ def test_large_snapshot_builds_quickly() -> None:
     assert len(state.services) == 2000
     assert sum(len(p.endpoints) for p in state.services) == 20000
     assert elapsed < 3.0, f"building took {elapsed:.2f}s"
+
+
+def test_unchanged_object_versions_are_parsed_once_and_malformed_ones_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def pod_obj(name: str, version: str, ip: str) -> dict:
+        return {"metadata": {"namespace": "m", "name": name, "resourceVersion": version, "labels": {"a": "b"}},
+                "spec": {"nodeName": "n1"}, "status": {"phase": "Running", "podIP": ip}}
+
+    good, bad = pod_obj("good", "1", "10.9.0.2"), pod_obj("bad", "2", "not-an-ip")
+    first = build_desired_state({"pods": {"m/good": good, "m/bad": bad}}, "n1")
+    second = build_desired_state({"pods": {"m/good": good, "m/bad": bad}}, "n1")
+    assert second.pods[0] is first.pods[0], "an unchanged version is not parsed again"
+    assert sum("m/bad" in r.getMessage() for r in caplog.records) == 1, "logged once per version"
+    changed = build_desired_state({"pods": {"m/good": pod_obj("good", "3", "10.9.0.3")}}, "n1")
+    assert changed.pods[0].ips == ("10.9.0.3",)
+    assert sum("m/bad" in r.getMessage() for r in caplog.records) == 1
+    again = build_desired_state({"pods": {"m/bad": bad}}, "n1")
+    assert again.pods == () and sum("m/bad" in r.getMessage() for r in caplog.records) == 2, \
+        "an object that left and came back is parsed (and reported) again"
