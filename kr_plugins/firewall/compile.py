@@ -25,12 +25,14 @@ import ipaddress
 import json
 import re
 import shlex
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from kr_core.model import (
     DesiredState,
     IPBlock,
+    LabelSelector,
     NetworkPolicy,
     Pod,
     PolicyPeer,
@@ -135,6 +137,9 @@ def _mark(bit: int) -> str:
 
 
 class _Compiler:
+    """One compile. The indexes built here are derived from ``desired`` alone and live only as long as
+    the compile, so the module stays pure: they change how fast a set is found, never what it holds."""
+
     def __init__(self, desired: DesiredState, settings: FirewallSettings) -> None:
         self.desired = desired
         self.settings = settings
@@ -144,23 +149,66 @@ class _Compiler:
         self.peer_pods = [p for p in desired.pods if not p.host_network and ipv4s(p)]
         self.local_pods = [p for p in self.peer_pods if p.node_name == desired.node_name]
         self.mark = _mark(settings.mark)
+        # peer pods by namespace, and the labels a namespace selector sees for each such namespace (a
+        # namespace missing from the state has none, so only an empty selector matches its pods)
+        self.pods_by_namespace: dict[str, list[Pod]] = {}
+        for pod in self.peer_pods:
+            self.pods_by_namespace.setdefault(pod.namespace, []).append(pod)
+        self.namespace_labels: dict[str, Mapping[str, str]] = {}
+        for name in self.pods_by_namespace:
+            namespace = desired.namespace(name)
+            self.namespace_labels[name] = namespace.labels if namespace is not None else {}
+        self.local_pods_by_namespace: dict[str, list[Pod]] = {}
+        for pod in self.local_pods:
+            self.local_pods_by_namespace.setdefault(pod.namespace, []).append(pod)
+        # (port name, protocol) -> (pod, port) for every peer pod declaring it; a pod's first declaration
+        # of a (name, protocol) wins, as in Kubernetes
+        self.named_ports: dict[tuple[str, Protocol], list[tuple[Pod, int]]] = {}
+        for pod in self.peer_pods:
+            seen: set[tuple[str, Protocol]] = set()
+            for named in pod.named_ports:
+                key = (named.name, named.protocol)
+                if key not in seen:
+                    seen.add(key)
+                    self.named_ports.setdefault(key, []).append((pod, named.port))
+        self._namespaces_matching: dict[LabelSelector, list[str]] = {}
+        self._member_keys: dict[str, tuple[int, int, str]] = {}
 
     # sets
 
     def _add_set(self, name: str, set_type: str, members: Iterable[str]) -> str:
-        self.sets[name] = IPSetSpec(set_type, tuple(sorted(set(members), key=member_key)))
+        self.sets[name] = IPSetSpec(set_type, tuple(sorted(set(members), key=self.member_key)))
         return name
 
+    def member_key(self, member: str) -> tuple[int, int, str]:
+        """``member_key``, memoized per compile (a pod's IP is a member of many sets)."""
+        key = self._member_keys.get(member)
+        if key is None:
+            key = self._member_keys[member] = member_key(member)
+        return key
+
+    def namespaces_matching(self, selector: LabelSelector) -> list[str]:
+        """The namespaces of peer pods whose labels ``selector`` matches (memoized per compile)."""
+        names = self._namespaces_matching.get(selector)
+        if names is None:
+            names = [n for n, labels in self.namespace_labels.items() if selector.matches(labels)]
+            self._namespaces_matching[selector] = names
+        return names
+
     def selector_set(self, policy: NetworkPolicy, peer: PolicyPeer) -> str:
+        """The pods ``peer`` selects (``PolicyPeer.selects_pod``), found through the namespace index: a
+        peer without a namespace selector looks only at the policy's namespace, one with it only at the
+        namespaces it matches."""
         scope = policy.namespace if peer.namespace_selector is None else None
         name = f"{PREFIX}-S-{digest('S', scope, peer.pod_selector, peer.namespace_selector)}"
         if name not in self.sets:
-            members = []
-            for pod in self.peer_pods:
-                namespace = self.desired.namespace(pod.namespace)
-                labels = namespace.labels if namespace is not None else {}
-                if peer.selects_pod(policy.namespace, pod, labels):
-                    members += ipv4s(pod)
+            if peer.namespace_selector is None:
+                namespaces = [policy.namespace]
+            else:
+                namespaces = self.namespaces_matching(peer.namespace_selector)
+            selector = peer.pod_selector
+            members = [ip for namespace in namespaces for pod in self.pods_by_namespace.get(namespace, ())
+                       if selector is None or selector.matches(pod.labels) for ip in ipv4s(pod)]
             self._add_set(name, "hash:ip", members)
         return name
 
@@ -176,11 +224,9 @@ class _Compiler:
         """Every pod's (IP, resolved port) for ``name``: matched ``dst,dst``, the destination resolves it."""
         set_name = f"{PREFIX}-N-{digest('N', name, protocol)}"
         if set_name not in self.sets:
-            members = []
-            for pod in self.peer_pods:
-                port = next((p.port for p in pod.named_ports if p.name == name and p.protocol is protocol), None)
-                if port is not None:
-                    members += [f"{ip},{protocol.value.lower()}:{port}" for ip in ipv4s(pod)]
+            proto = protocol.value.lower()
+            members = [f"{ip},{proto}:{port}" for pod, port in self.named_ports.get((name, protocol), ())
+                       for ip in ipv4s(pod)]
             self._add_set(set_name, "hash:ip,port", members)
         return set_name
 
@@ -240,7 +286,7 @@ class _Compiler:
         pods_by_key = {p.key: p for p in self.local_pods}
         for policy in self.desired.policies:
             for direction in policy.policy_types:
-                for pod in self.local_pods:
+                for pod in self.local_pods_by_namespace.get(policy.namespace, ()):
                     if policy.selects(pod):
                         selecting.setdefault((direction, pod.key), []).append(policy)
 
@@ -312,8 +358,27 @@ def compile_firewall(desired: DesiredState, settings: FirewallSettings | None = 
 # --- helpers
 
 
+_PREFIX_LENGTHS = {"": 32, **{str(n): n for n in range(33)}}
+
+
 def member_key(member: str) -> tuple[int, int, str]:
-    """Members in address order, then prefix length, then text (ports, nomatch)."""
+    """Members in address order, then prefix length, then text (ports, nomatch).
+
+    The key is ``(network address as int, prefix length, member)`` exactly as
+    ``ipaddress.ip_network(address, strict=False)`` gives it, computed without ``ipaddress`` when the
+    address is a canonical dotted quad (as kr writes and ``ipset save`` prints); anything else (IPv6, odd
+    spellings) takes the ``ipaddress`` path, with its errors.
+    """
+    address, _, length = member.split(",", 1)[0].split(" ", 1)[0].partition("/")
+    prefix = _PREFIX_LENGTHS.get(length)
+    if prefix is not None:
+        try:
+            packed = socket.inet_aton(address)
+        except OSError:
+            packed = b""
+        if packed and socket.inet_ntoa(packed) == address:
+            host_bits = 32 - prefix
+            return (int.from_bytes(packed, "big") >> host_bits << host_bits, prefix, member)
     net = ipaddress.ip_network(member.split(",")[0].split(" ")[0], strict=False)
     return (int(net.network_address), net.prefixlen, member)
 
@@ -349,9 +414,22 @@ def _block_members(block: IPBlock) -> tuple[str, ...] | None:
 # --- consistency
 
 
+#: A shell word of a rule without single quotes or backslashes: unquoted runs and "..." runs, joined.
+_WORD = re.compile(r'(?:[^ \t\r\n"]+|"[^"]*")+')
+
+
+def _words(rule: str) -> list[str]:
+    """``shlex.split(rule)``; rules as this module writes them (double quotes only, balanced, no
+    backslashes) are split with one regex, anything else goes through ``shlex`` with its errors."""
+    if "'" in rule or "\\" in rule or rule.count('"') % 2:
+        return shlex.split(rule)
+    words = _WORD.findall(rule)
+    return [w.replace('"', "") for w in words] if '"' in rule else words
+
+
 def referenced(rule: str) -> Iterator[tuple[str, str]]:
     """("chain", name) for each jump/goto target and ("set", name) for each set ``rule`` names."""
-    words = shlex.split(rule)
+    words = _words(rule)
     for index, word in enumerate(words[:-1]):
         if word in ("-j", "-g", "--jump", "--goto"):
             yield "chain", words[index + 1]

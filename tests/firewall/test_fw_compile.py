@@ -6,7 +6,10 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import random
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from fwmodel import (  # noqa: E402
 
 from kr_plugins.firewall.compile import (  # noqa: E402
     MAX_CHAIN, MAX_SET, FirewallRuleset, FirewallSettings, InconsistentRuleset, IPSetSpec, check_consistency,
-    compile_firewall, pod_chain, policy_chain,
+    _Compiler, compile_firewall, hooks, member_key, pod_chain, policy_chain, referenced,
 )
 from kr_plugins.kernel.iptables import check_owned  # noqa: E402
 
@@ -204,3 +207,68 @@ def test_settings_are_validated() -> None:
                                                          FirewallSettings(log_rate="3/minute")).chains["KR-FW-REJECT"]
                                         + compile_firewall(state(PODS, CASES["deny-all-ingress"], NAMESPACES),
                                                            FirewallSettings(log_rate="3/minute")).chains["KR-FW-UNKNOWN-SRC"])
+
+
+# --- fast paths agree with the slow definitions
+
+
+def _old_member_key(member: str) -> tuple[int, int, str]:
+    net = ipaddress.ip_network(member.split(",")[0].split(" ")[0], strict=False)
+    return (int(net.network_address), net.prefixlen, member)
+
+
+def test_member_key_orders_exactly_like_ipaddress() -> None:
+    rng = random.Random(7)
+
+    def address() -> str:
+        # few distinct octets, so equal addresses and prefixes (ties broken by the text) are common
+        return ".".join(str(rng.choice((0, 1, 9, 10, 99, 100, 128, 200, 255))) for _ in range(4))
+
+    members = []
+    for _ in range(3000):
+        net = ipaddress.ip_network(f"{address()}/{rng.randint(0, 32)}", strict=False)
+        text = str(net.network_address) if net.prefixlen == 32 else str(net)
+        members += [address(),                                                              # hash:ip
+                    text, f"{text} nomatch",                                                # hash:net
+                    f"{address()},{rng.choice(('tcp', 'udp', 'sctp'))}:{rng.randint(1, 65535)}"]  # hash:ip,port
+    members += ["::1", "fd00::/64", "fd00::1,tcp:80"]  # not kr's, but member_key must still work
+    for member in members:
+        assert member_key(member) == _old_member_key(member), member
+    rng.shuffle(members)
+    assert sorted(members, key=member_key) == sorted(members, key=_old_member_key)
+
+
+def test_referenced_splits_rules_like_shlex() -> None:
+    rules = [spec for ruleset in (compile_firewall(state(PODS, CASES[c], NAMESPACES)) for c in CASES)
+             for chain in ruleset.chains.values() for spec in chain]
+    rules += [hook for _, hook in hooks()]
+    rules += ['-m comment --comment "a -j X" -j Y', '-j"KR-FW"x', "-j 'KR-FW A' --match-set S\\ T src",
+              '-m set --match-set  KR-FW-S  src\t-g  KR-FW-G', "-j", ""]
+    for spec in rules:
+        words = shlex.split(spec)
+        expected = [("chain" if w in ("-j", "-g", "--jump", "--goto") else "set", words[i + 1])
+                    for i, w in enumerate(words[:-1]) if w in ("-j", "-g", "--jump", "--goto", "--match-set")]
+        assert list(referenced(spec)) == expected, spec
+    with pytest.raises(ValueError):
+        list(referenced('-j "KR-FW'))
+
+
+def test_indexed_selector_and_named_port_sets_match_the_definitions() -> None:
+    """Each selector set holds exactly the IPv4s of the peer pods ``PolicyPeer.selects_pod`` selects
+    (a pod of a namespace the state does not know is seen with no namespace labels); a named port
+    resolves to a pod's first declaration of that name and protocol."""
+    pods = PODS + [pod("w/a", "10.244.1.9", app="a", ports=[("serve-80", 80, TCP), ("serve-80", 90, TCP)])]
+    selectors = [None, sel(), sel(app="a"), sel([("app", "NotIn", ("b",))]), sel([("team", "DoesNotExist", ())])]
+    peers = [peer(p, n) for p in selectors for n in selectors if p is not None or n is not None]
+    policies = [policy(f"{space}/p", sel(), ingress=[rule(peers)]) for space in ("x", "y", "w")]
+    desired = state(pods, policies, NAMESPACES)
+    compiler = _Compiler(desired, FirewallSettings())
+    labels = {n.name: n.labels for n in desired.namespaces}
+    for item in policies:
+        for one in peers:
+            expected = {ip for p in desired.pods if not p.host_network
+                        and one.selects_pod(item.namespace, p, labels.get(p.namespace, {}))
+                        for ip in p.ips if ":" not in ip}
+            assert set(compiler.sets[compiler.selector_set(item, one)].members) == expected
+    members = compiler.sets[compiler.named_port_set("serve-80", TCP)].members
+    assert members == ("10.244.1.2,tcp:80", "10.244.1.3,tcp:8080", "10.244.1.9,tcp:80", "10.244.2.2,tcp:81")
