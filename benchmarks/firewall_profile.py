@@ -45,7 +45,7 @@ def steps(snapshot):
     render_chains(ruleset, unchanged, full_hooks=False)
     timings["diff (partial, nothing changed)"] = time.perf_counter() - t
     t = time.perf_counter()
-    sets_text = render_sets(ruleset.sets, list(ruleset.sets))
+    sets_text = render_sets(ruleset.sets, list(ruleset.sets), {})
     chains_text = render_chains(ruleset, Programmed(), full_hooks=True)
     timings["render all (full, empty kernel)"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -144,8 +144,16 @@ def parse_ipset_save(text: str) -> tuple[dict[str, IPSetSpec], list[str]]:
 # --- restore text
 
 
-def render_sets(wanted: Mapping[str, IPSetSpec], names: Iterable[str]) -> str:
-    return "".join(ipset.render_swap(name, wanted[name].type, wanted[name].members) for name in names)
+def render_sets(wanted: Mapping[str, IPSetSpec], names: Iterable[str], current: Mapping[str, IPSetSpec]) -> str:
+    """Bring sets ``names`` from ``current`` to ``wanted``: edits for small changes, a swap otherwise."""
+    parts = []
+    for name in names:
+        spec, now = wanted[name], current.get(name)
+        members = now.members if now is not None and now.type == spec.type else None
+        if now is not None and members is None:  # same name, other type: cannot happen with content names
+            raise KrError(f"ipset {name} exists as {now.type}, not {spec.type}")
+        parts.append(ipset.render_update(name, spec.type, spec.members, members))
+    return "".join(parts)
 
 
 def render_chains(ruleset: FirewallRuleset, programmed: Programmed, full_hooks: bool) -> str | None:
@@ -203,12 +211,12 @@ class IptablesFirewall(Backend):
             before_chains[KNOWN_SET] = replace(
                 known, members=tuple(m for m in known.members if m in kept))
         if new_sets:
-            ipset.restore(render_sets(before_chains, new_sets))
+            ipset.restore(render_sets(before_chains, new_sets, programmed.sets))
         text = render_chains(ruleset, programmed, full_hooks=reread)
         if text is not None:
             iptables.restore(text)
         if KNOWN_SET in new_sets and before_chains[KNOWN_SET] != ruleset.sets[KNOWN_SET]:
-            ipset.restore(render_sets(ruleset.sets, [KNOWN_SET]))
+            ipset.restore(render_sets(ruleset.sets, [KNOWN_SET], before_chains))
         stale_sets = [name for name in programmed.sets if name not in ruleset.sets] + programmed.stray_sets
         if stale_sets:
             ipset.restore("".join(f"destroy {name}\n" for name in stale_sets))

@@ -1,8 +1,11 @@
-"""``ipset restore`` for kr's sets: a whole set's members are replaced by create-temp/fill/swap/destroy.
+"""``ipset restore`` for kr's sets: new members by create-temp/fill/swap/destroy, or by small edits.
 
 Invariants:
-- a set is never flushed in place: the new members go into ``<name>-tmp``, which is then swapped with
-  the live set in one kernel operation, so a rule matching the set never sees it half filled;
+- a set is never flushed in place: a new set, or a set whose members change a lot, is filled into
+  ``<name>-tmp`` and swapped with the live set in one kernel operation, so a rule matching the set never
+  sees it half filled; a small change to a large set (a pod came or went) is applied as deletes, then
+  adds, each atomic in the kernel, so the set only ever holds old members not yet removed and new
+  members already added, never anything else (the cost then follows the change, not the set's size);
 - one call is one ``ipset restore`` process; the temporary set is destroyed by the same input, and a
   temporary set left by a crash is reused (``-exist``) and emptied before it is filled;
 - ``destroy`` must come after the iptables rules referencing the set are gone (the kernel refuses it).
@@ -32,6 +35,21 @@ def render_swap(name: str, set_type: str, members: Iterable[str], family: str = 
     lines += [f"add {temp} {member}" for member in members]
     lines += [f"create {name} {set_type} family {family} -exist", f"swap {temp} {name}", f"destroy {temp}", ""]
     return "\n".join(lines)
+
+
+def render_update(name: str, set_type: str, members: Iterable[str], current: Iterable[str] | None,
+                  family: str = "inet") -> str:
+    """``ipset restore`` input taking set ``name`` from ``current`` (None: absent) to ``members``."""
+    wanted = list(members)
+    if current is None:
+        return render_swap(name, set_type, wanted, family)
+    old, new = set(current), set(wanted)
+    removed, added = sorted(old - new), [m for m in wanted if m not in old]
+    if len(removed) + len(added) > max(16, len(new) // 8):
+        return render_swap(name, set_type, wanted, family)
+    lines = [f"del {name} {member.removesuffix(' nomatch')} -exist" for member in removed]
+    lines += [f"add {name} {member} -exist" for member in added]
+    return "\n".join([*lines, ""])
 
 
 def restore(text: str) -> None:

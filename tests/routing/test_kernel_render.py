@@ -111,3 +111,17 @@ def test_ipset_swap_fills_a_temporary_set_and_swaps_it_in() -> None:
     )
     with pytest.raises(ValueError):
         ipset.temp_name("k" * 28)
+
+
+def test_small_set_changes_are_edits_large_ones_swaps() -> None:
+    from kr_plugins.kernel.ipset import render_update
+
+    big = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+    assert render_update("S", "hash:ip", big, None).startswith("create S-tmp hash:ip")
+    edit = render_update("S", "hash:ip", [*big[1:], "10.9.9.9"], big)
+    assert edit == "del S 10.0.0.1 -exist\nadd S 10.9.9.9 -exist\n", "deletes first, then adds"
+    assert render_update("S", "hash:ip", big, big) == ""
+    assert "swap S-tmp S" in render_update("S", "hash:ip", big[:500], big), "a large change is swapped in"
+    nets = render_update("B", "hash:net", ["10.0.0.0/8", "10.1.0.0/16 nomatch"] + [f"11.{i}.0.0/16" for i in range(40)],
+                         ["10.0.0.0/8", "10.2.0.0/16 nomatch"] + [f"11.{i}.0.0/16" for i in range(40)])
+    assert nets == "del B 10.2.0.0/16 -exist\nadd B 10.1.0.0/16 nomatch -exist\n"
