@@ -177,8 +177,11 @@ class _Compiler:
     # sets
 
     def _add_set(self, name: str, set_type: str, members: Iterable[str]) -> str:
-        self.sets[name] = IPSetSpec(set_type, tuple(sorted(set(members), key=self.member_key)))
+        self.sets[name] = self._spec(set_type, members)
         return name
+
+    def _spec(self, set_type: str, members: Iterable[str]) -> IPSetSpec:
+        return IPSetSpec(set_type, tuple(sorted(set(members), key=self.member_key)))
 
     def member_key(self, member: str) -> tuple[int, int, str]:
         """``member_key``, memoized per compile (a pod's IP is a member of many sets)."""
@@ -206,10 +209,13 @@ class _Compiler:
                 namespaces = [policy.namespace]
             else:
                 namespaces = self.namespaces_matching(peer.namespace_selector)
-            selector = peer.pod_selector
-            members = [ip for namespace in namespaces for pod in self.pods_by_namespace.get(namespace, ())
-                       if selector is None or selector.matches(pod.labels) for ip in ipv4s(pod)]
-            self._add_set(name, "hash:ip", members)
+            inputs = tuple(pod for namespace in namespaces for pod in self.pods_by_namespace.get(namespace, ()))
+            spec = _MEMO.get(name, inputs)
+            if spec is None:
+                selector = peer.pod_selector
+                members = [ip for pod in inputs if selector is None or selector.matches(pod.labels) for ip in ipv4s(pod)]
+                spec = _MEMO.put(name, inputs, self._spec("hash:ip", members))
+            self.sets[name] = spec
         return name
 
     def block_set(self, block: IPBlock) -> str | None:
@@ -224,10 +230,14 @@ class _Compiler:
         """Every pod's (IP, resolved port) for ``name``: matched ``dst,dst``, the destination resolves it."""
         set_name = f"{PREFIX}-N-{digest('N', name, protocol)}"
         if set_name not in self.sets:
-            proto = protocol.value.lower()
-            members = [f"{ip},{proto}:{port}" for pod, port in self.named_ports.get((name, protocol), ())
-                       for ip in ipv4s(pod)]
-            self._add_set(set_name, "hash:ip,port", members)
+            entries = self.named_ports.get((name, protocol), [])
+            inputs = tuple(pod for pod, _ in entries)
+            spec = _MEMO.get(set_name, inputs)
+            if spec is None:
+                proto = protocol.value.lower()
+                members = [f"{ip},{proto}:{port}" for pod, port in entries for ip in ipv4s(pod)]
+                spec = _MEMO.put(set_name, inputs, self._spec("hash:ip,port", members))
+            self.sets[set_name] = spec
         return set_name
 
     # rules
@@ -350,9 +360,45 @@ def hooks() -> tuple[tuple[str, str], ...]:
     return (("INPUT", f"! -i lo {jump}"), ("FORWARD", jump), ("OUTPUT", f"-m addrtype ! --src-type LOCAL {jump}"))
 
 
+class _SetMemo:
+    """The members of each pod-derived set, kept from one compile to the next.
+
+    A selector set's or named-port set's members are a function of its name (which encodes the selector
+    or port name) and of the pods it looks at, in order. The desired-state builder hands back the very
+    same (frozen) ``Pod`` object for a pod that did not change, so when a set looks at the same pod
+    objects as last time its members are reused: a compile costs in proportion to the namespaces whose
+    pods changed, and its result is exactly what a fresh compile gives. Sets not used by a compile are
+    dropped after it.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[Pod, ...], IPSetSpec]] = {}
+        self._used: dict[str, tuple[tuple[Pod, ...], IPSetSpec]] = {}
+
+    def get(self, name: str, inputs: tuple[Pod, ...]) -> IPSetSpec | None:
+        entry = self._entries.get(name)
+        if entry is None or len(entry[0]) != len(inputs) or any(a is not b for a, b in zip(entry[0], inputs)):
+            return None
+        self._used[name] = entry
+        return entry[1]
+
+    def put(self, name: str, inputs: tuple[Pod, ...], spec: IPSetSpec) -> IPSetSpec:
+        self._used[name] = (inputs, spec)
+        return spec
+
+    def finish(self) -> None:
+        self._entries, self._used = self._used, {}
+
+
+_MEMO = _SetMemo()
+
+
 def compile_firewall(desired: DesiredState, settings: FirewallSettings | None = None) -> FirewallRuleset:
     """kr's filter-table chains, sets and hooks enforcing ``desired.policies`` on ``desired.node_name``."""
-    return _Compiler(desired, settings or FirewallSettings()).compile()
+    try:
+        return _Compiler(desired, settings or FirewallSettings()).compile()
+    finally:
+        _MEMO.finish()
 
 
 # --- helpers

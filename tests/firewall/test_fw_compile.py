@@ -272,3 +272,20 @@ def test_indexed_selector_and_named_port_sets_match_the_definitions() -> None:
             assert set(compiler.sets[compiler.selector_set(item, one)].members) == expected
     members = compiler.sets[compiler.named_port_set("serve-80", TCP)].members
     assert members == ("10.244.1.2,tcp:80", "10.244.1.3,tcp:8080", "10.244.1.9,tcp:80", "10.244.2.2,tcp:81")
+
+
+def test_sets_reused_across_compiles_equal_a_fresh_compile() -> None:
+    """The set memo keys on pod identity: a compile after a change equals one with nothing remembered."""
+    import kr_plugins.firewall.compile as compile_module
+
+    all_policies = [p for policies in CASES.values() for p in policies]
+    base = state(PODS, all_policies, NAMESPACES)
+    compile_firewall(base)  # fills the memo
+    changed_pods = list(PODS)
+    changed_pods[1] = pod("x/b", "10.244.1.3", app="a", ports=[("serve-80", 9090, TCP)])  # relabel + port
+    changed_pods.append(pod("y/new", "10.244.2.9", node="node-b", app="b", ports=[("dns", 5353, UDP)]))
+    for pods in (changed_pods, PODS[2:], PODS):
+        desired = state(pods, all_policies, NAMESPACES)
+        remembered = compile_firewall(desired)
+        compile_module._MEMO = compile_module._SetMemo()
+        assert remembered == compile_firewall(desired)
