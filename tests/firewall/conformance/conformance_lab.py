@@ -19,13 +19,14 @@ import copy
 import json
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kr_lab.spec import DEFAULT_SPEC_TEXT
 
 import oracle
 
@@ -43,24 +44,15 @@ def node_of(namespace: str, pod: str) -> str:
 
 
 def topology_spec() -> str:
-    """The lab spec (YAML) of the conformance topology."""
-    ports = ", ".join(f"{{name: {name}, port: {port}, protocol: {proto}}}" for name, port, proto in PORTS)
-    pods = "\n".join(
-        f"  - {{namespace: {ns}, name: {pod}, node: {node_of(ns, pod)}, labels: {{pod: {pod}}}, ports: [{ports}]}}"
-        for ns in NAMESPACES for pod in POD_NAMES)
-    namespaces = "\n".join(f"  - {{name: {ns}, labels: {{ns: {ns}}}}}" for ns in NAMESPACES)
-    return textwrap.dedent("""\
-        serviceCIDR: 10.96.0.0/12
-        clusterCIDR: 10.1.0.0/16
-        lans:
-          - {name: lan, subnet: 192.168.56.0/24}
-        master: {name: kube-master, lan: lan, ip: 192.168.56.10}
-        nodes:
-          - {name: kube-node1, lan: lan, ip: 192.168.56.11, podCIDR: 10.1.1.0/24}
-          - {name: kube-node2, lan: lan, ip: 192.168.56.12, podCIDR: 10.1.2.0/24}
-          - {name: kube-node3, lan: lan, ip: 192.168.56.13, podCIDR: 10.1.3.0/24}
-        namespaces:
-        """) + namespaces + "\npods:\n" + pods + "\n"
+    """The lab spec (YAML) of the conformance topology: the default spec's LAN, master and nodes, with
+    upstream's namespaces and pods instead of the seed's."""
+    spec = yaml.safe_load(DEFAULT_SPEC_TEXT)
+    spec.pop("externals", None)
+    spec["namespaces"] = [{"name": ns, "labels": {"ns": ns}} for ns in NAMESPACES]
+    ports = [{"name": name, "port": port, "protocol": proto} for name, port, proto in PORTS]
+    spec["pods"] = [{"namespace": ns, "name": pod, "node": node_of(ns, pod), "labels": {"pod": pod}, "ports": ports}
+                    for ns in NAMESPACES for pod in POD_NAMES]
+    return yaml.safe_dump(spec, sort_keys=False)
 
 
 def kr(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
