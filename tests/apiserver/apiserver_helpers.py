@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -74,3 +75,13 @@ def pod(name: str, labels: dict[str, str] | None = None, node: str = "node-a") -
         "metadata": {"name": name, "labels": labels or {}},
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
     }
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (server-side counters trail the client)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()

@@ -12,20 +12,11 @@ import urllib.error
 from collections.abc import Callable, Iterator
 
 import pytest
-from apiserver_helpers import HOST, WatchReader, admin
+from apiserver_helpers import HOST, WatchReader, admin, wait_for
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from kr_apiserver import APIServer
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_drop_watches_closes_streams_abruptly(
@@ -33,7 +24,7 @@ def test_drop_watches_closes_streams_abruptly(
 ) -> None:
     pods = watch_reader(core.list_pod_for_all_namespaces, timeout_seconds=30)
     nodes = watch_reader(core.list_node, timeout_seconds=30)
-    assert _wait_for(lambda: server.stats.open_watches() == 2)
+    assert wait_for(lambda: server.stats.open_watches() == 2)
 
     assert server.faults.drop_watches("pods") == 1
     assert pods.done.wait(3)
@@ -42,8 +33,8 @@ def test_drop_watches_closes_streams_abruptly(
 
     assert admin(server.url, "/_kr/faults/drop-watches", {}) == {"dropped": 1}
     assert nodes.done.wait(3) and nodes.error is not None
-    assert _wait_for(lambda: server.stats.open_watches() == 0)
-    assert server.stats.watch_ends("dropped") == 2
+    assert wait_for(lambda: server.stats.open_watches() == 0)
+    assert wait_for(lambda: server.stats.watch_ends("dropped") == 2)
 
 
 def test_expire_watches_answers_the_next_watches_with_410(core: client.CoreV1Api, server: APIServer) -> None:
@@ -151,7 +142,7 @@ def test_stats_count_lists_watches_and_open_streams(
     core.list_node()
     core.list_node()
     reader = watch_reader(core.list_node, timeout_seconds=30)
-    assert _wait_for(lambda: server.stats.open_watches("nodes") == 1)
+    assert wait_for(lambda: server.stats.open_watches("nodes") == 1)
     assert server.stats.requests("nodes", "list") == 2 and server.stats.requests("nodes", "watch") == 1
     stats = admin(server.url, "/_kr/stats")
     assert stats["requests"]["nodes"] == {"list": 2, "watch": 1}
@@ -159,7 +150,7 @@ def test_stats_count_lists_watches_and_open_streams(
     assert stats["store"]["resourceVersion"] == str(server.store.revision)
 
     reader.stop()  # the client goes away: the server notices without sending anything
-    assert _wait_for(lambda: server.stats.open_watches() == 0)
+    assert wait_for(lambda: server.stats.open_watches() == 0)
     admin(server.url, "/_kr/stats/reset", {})
     assert server.stats.requests("nodes", "list") == 0
 
@@ -176,14 +167,14 @@ def test_a_slow_watcher_is_closed_and_never_blocks_writers(small_queue_server: A
         core = client.CoreV1Api(api_client)
         version = core.list_node().metadata.resource_version
         reader = WatchReader(core.list_node, resource_version=version, timeout_seconds=30)
-        assert _wait_for(lambda: server.stats.open_watches() == 1)
+        assert wait_for(lambda: server.stats.open_watches() == 1)
         server.faults.stall_watches(0.5)  # the watcher stops reading
         started = time.monotonic()
         for index in range(20):
             server.store.create("nodes", {"metadata": {"name": f"n{index}"}})
         assert time.monotonic() - started < 0.4
         assert reader.done.wait(3) and reader.error is None  # closed cleanly, so the client resumes
-        assert server.stats.watch_ends("overflow") == 1
+        assert wait_for(lambda: server.stats.watch_ends("overflow") == 1)  # recorded as the server thread ends
         reader.stop()
 
 
@@ -197,7 +188,7 @@ def test_client_resets_never_crash_the_server(
         time.sleep(0.1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a RST
         sock.close()
-    assert _wait_for(lambda: server.stats.open_watches() == 0)
+    assert wait_for(lambda: server.stats.open_watches() == 0)
     core.create_node({"metadata": {"name": "after"}})  # the server still serves
     assert [r for r in caplog.records if r.name.startswith("kr_apiserver")] == []
 
@@ -206,6 +197,6 @@ def test_stop_closes_open_watches() -> None:
     server = APIServer(HOST, 0).start()
     with client.ApiClient(client.Configuration(host=server.url)) as api_client:
         reader = WatchReader(client.CoreV1Api(api_client).list_node, timeout_seconds=30)
-        assert _wait_for(lambda: server.stats.open_watches() == 1)
+        assert wait_for(lambda: server.stats.open_watches() == 1)
         server.stop()
         assert reader.done.wait(3) and reader.error is not None
