@@ -26,8 +26,9 @@ import json
 import re
 import shlex
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kr_core.model import (
     DesiredState,
@@ -212,11 +213,21 @@ class _Compiler:
             inputs = tuple(pod for namespace in namespaces for pod in self.pods_by_namespace.get(namespace, ()))
             spec = _MEMO.get(name, inputs)
             if spec is None:
-                selector = peer.pod_selector
-                members = [ip for pod in inputs if selector is None or selector.matches(pod.labels) for ip in ipv4s(pod)]
+                members = [ip for namespace in namespaces for ip in self.selected_ips(peer.pod_selector, namespace)]
                 spec = _MEMO.put(name, inputs, self._spec("hash:ip", members))
             self.sets[name] = spec
         return name
+
+    def selected_ips(self, selector: LabelSelector | None, namespace: str) -> tuple[str, ...]:
+        """The IPs of ``namespace``'s pods that ``selector`` (None: all) matches, remembered per namespace,
+        so a set spanning many namespaces re-examines only those whose pods changed."""
+        pods = tuple(self.pods_by_namespace.get(namespace, ()))
+        key = ("S", selector, namespace)
+        ips = _MEMO.get(key, pods)
+        if ips is None:
+            ips = _MEMO.put(key, pods, tuple(ip for pod in pods if selector is None or selector.matches(pod.labels)
+                                             for ip in ipv4s(pod)))
+        return ips
 
     def block_set(self, block: IPBlock) -> str | None:
         """A hash:net set for ``block`` (its excepts as nomatch entries), or None if it holds no IPv4."""
@@ -361,30 +372,30 @@ def hooks() -> tuple[tuple[str, str], ...]:
 
 
 class _SetMemo:
-    """The members of each pod-derived set, kept from one compile to the next.
+    """Pod-derived results kept from one compile to the next: each set's spec, and each (selector,
+    namespace) pair's matching IPs.
 
-    A selector set's or named-port set's members are a function of its name (which encodes the selector
-    or port name) and of the pods it looks at, in order. The desired-state builder hands back the very
-    same (frozen) ``Pod`` object for a pod that did not change, so when a set looks at the same pod
-    objects as last time its members are reused: a compile costs in proportion to the namespaces whose
-    pods changed, and its result is exactly what a fresh compile gives. Sets not used by a compile are
-    dropped after it.
+    Such a result is a function of its key (which encodes the selector or port name) and of the pods it
+    looks at, in order. The desired-state builder hands back the very same (frozen) ``Pod`` object for a
+    pod that did not change, so when a result looks at the same pod objects as last time it is reused: a
+    compile costs in proportion to the namespaces whose pods changed, and its output is exactly what a
+    fresh compile gives. Results not used by a compile are dropped after it.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[Pod, ...], IPSetSpec]] = {}
-        self._used: dict[str, tuple[tuple[Pod, ...], IPSetSpec]] = {}
+        self._entries: dict[Hashable, tuple[tuple[Pod, ...], Any]] = {}
+        self._used: dict[Hashable, tuple[tuple[Pod, ...], Any]] = {}
 
-    def get(self, name: str, inputs: tuple[Pod, ...]) -> IPSetSpec | None:
-        entry = self._entries.get(name)
+    def get(self, key: Hashable, inputs: tuple[Pod, ...]) -> Any:
+        entry = self._entries.get(key)
         if entry is None or len(entry[0]) != len(inputs) or any(a is not b for a, b in zip(entry[0], inputs)):
             return None
-        self._used[name] = entry
+        self._used[key] = entry
         return entry[1]
 
-    def put(self, name: str, inputs: tuple[Pod, ...], spec: IPSetSpec) -> IPSetSpec:
-        self._used[name] = (inputs, spec)
-        return spec
+    def put(self, key: Hashable, inputs: tuple[Pod, ...], value: Any) -> Any:
+        self._used[key] = (inputs, value)
+        return value
 
     def finish(self) -> None:
         self._entries, self._used = self._used, {}
