@@ -52,13 +52,13 @@ from kr_plugins.firewall.compile import (
     member_key,
 )
 from kr_plugins.kernel import ipset
-from kr_plugins.kernel.command import ToolMissing, run
+from kr_plugins.kernel.command import run
 from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
     detect_flavour,
     jumps_into,
-    render_removal,
+    remove_owned_chains,
     table_lines,
 )
 
@@ -233,23 +233,9 @@ class IptablesFirewall(Backend):
         return state
 
     def cleanup(self) -> None:
-        failures = []
-        for flavour in Flavour:
-            try:
-                iptables = IptablesRestore(flavour)
-                lines = table_lines(iptables.save(), TABLE)
-                chains = [line[1:].split(" ", 1)[0] for line in lines if line.startswith(":")]
-                text = render_removal(TABLE, lines, [c for c in chains if owned_chain(c)])
-                if text is not None:
-                    iptables.restore(text)
-            except ToolMissing:  # that flavour is not installed, so holds nothing of kr's
-                continue
-            except Exception as exc:  # still try the other flavour and the sets
-                failures.append(f"iptables-{flavour.value}: {exc}")
+        failures = remove_owned_chains(TABLE, owned_chain)
         try:
-            names = [name for name in ipset.existing_sets() if owned_set(name)]
-            if names:
-                ipset.restore("".join(f"destroy {name}\n" for name in names))
+            ipset.destroy_existing(name for name in ipset.existing_sets() if owned_set(name))
         except Exception as exc:
             failures.append(f"ipsets: {exc}")
         self._programmed = None

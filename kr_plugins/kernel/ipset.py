@@ -62,6 +62,9 @@ def existing_sets() -> set[str]:
     return set(run(["ipset", "list", "-n"]).split())
 
 
-def destroy(name: str) -> None:
-    """Destroy set ``name`` (it must exist and be unreferenced)."""
-    run(["ipset", "destroy", name])
+def destroy_existing(names: Iterable[str]) -> None:
+    """Destroy those of ``names`` that exist, in one ``ipset restore`` (they must be unreferenced)."""
+    existing = existing_sets()
+    present = [name for name in names if name in existing]
+    if present:
+        restore("".join(f"destroy {name}\n" for name in present))

@@ -20,11 +20,11 @@ Invariants:
 from __future__ import annotations
 
 import shlex
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from kr_plugins.kernel.command import CommandError, run
+from kr_plugins.kernel.command import CommandError, ToolMissing, run
 
 #: Chains whose name starts with this are kr's; nothing else is.
 OWNED_PREFIX = "KR-"
@@ -172,6 +172,25 @@ def render_removal(table: str, lines: Sequence[str], chains: Collection[str]) ->
 
 
 # --- running
+
+
+def remove_owned_chains(table: str, owned: Callable[[str], bool]) -> list[str]:
+    """Delete, from every installed flavour, the chains of ``table`` that ``owned`` accepts and every
+    rule jumping to them. Returns one message per flavour that failed (the others are still cleaned)."""
+    failures = []
+    for flavour in Flavour:
+        try:
+            iptables = IptablesRestore(flavour)
+            lines = table_lines(iptables.save(), table)
+            chains = [line[1:].split(" ", 1)[0] for line in lines if line.startswith(":")]
+            text = render_removal(table, lines, [chain for chain in chains if owned(chain)])
+            if text is not None:
+                iptables.restore(text)
+        except ToolMissing:  # that flavour is not installed, so holds nothing of kr's
+            continue
+        except Exception as exc:  # still try the other flavour
+            failures.append(f"iptables-{flavour.value}: {exc}")
+    return failures
 
 
 class IptablesRestore:

@@ -26,12 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kr_plugins.kernel import ipset
-from kr_plugins.kernel.command import ToolMissing
 from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
     detect_flavour,
     jumps_into,
+    remove_owned_chains,
     render_removal,
     table_lines,
 )
@@ -116,13 +116,11 @@ class PodEgress:
 
     def cleanup(self) -> None:
         """Remove kr's chain, jump and set, from whichever flavour holds them."""
-        for flavour in Flavour:
-            try:
-                _remove_rules(IptablesRestore(flavour))
-            except ToolMissing:  # that flavour is not installed, so holds nothing of kr's
-                continue
+        failures = remove_owned_chains(TABLE, lambda chain: chain == CHAIN)
         _remove_sets()
         self._applied, self._known = None, True
+        if failures:
+            raise RuntimeError(f"pod egress cleanup incomplete: {'; '.join(failures)}")
 
 
 def _remove(iptables: IptablesRestore) -> None:
@@ -137,7 +135,4 @@ def _remove_rules(iptables: IptablesRestore) -> None:
 
 
 def _remove_sets() -> None:
-    existing = ipset.existing_sets()
-    for name in (POD_SUBNETS_SET, ipset.temp_name(POD_SUBNETS_SET)):
-        if name in existing:
-            ipset.destroy(name)
+    ipset.destroy_existing([POD_SUBNETS_SET, ipset.temp_name(POD_SUBNETS_SET)])
