@@ -122,36 +122,28 @@ def status(state_path: str, as_json: bool) -> None:
         click.echo(f"external {ext['name']} {ext['ip']} ({ext['netns']})")
 
 
-@lab.command()
-@state_option
-@click.option("-f", "--filename", "files", multiple=True, required=True, help="YAML/JSON file of objects ('-' = stdin).")
-@click.option("--no-wait", is_flag=True, help="Return without waiting for the agents to sync the change.")
-@click.option("--timeout", "barrier_timeout", default=30.0, show_default=True,
-              help="Seconds to wait for the agents to sync the change.")
-def apply(state_path: str, files: tuple[str, ...], no_wait: bool, barrier_timeout: float) -> None:
-    """Create or update objects; return after every agent has synced them."""
-    documents = [doc for path in files for doc in _documents(path)]
-    try:
-        count = _lab(state_path, barrier_timeout).apply(documents, wait=not no_wait)
-    except KrError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"applied {count} objects")
+def change_command(verb: str, past: str, help_text: str) -> click.Command:
+    """``kr lab apply`` / ``kr lab delete``: the same options, a different Lab method."""
+
+    @click.option("-f", "--filename", "files", multiple=True, required=True,
+                  help="YAML/JSON file of objects ('-' = stdin).")
+    @click.option("--no-wait", is_flag=True, help="Return without waiting for the agents to sync the change.")
+    @click.option("--timeout", "barrier_timeout", default=30.0, show_default=True,
+                  help="Seconds to wait for the agents to sync the change.")
+    @state_option
+    def command(state_path: str, files: tuple[str, ...], no_wait: bool, barrier_timeout: float) -> None:
+        documents = [doc for path in files for doc in _documents(path)]
+        try:
+            count = getattr(_lab(state_path, barrier_timeout), verb)(documents, wait=not no_wait)
+        except KrError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{past} {count} objects")
+
+    return click.command(name=verb, help=help_text)(command)
 
 
-@lab.command()
-@state_option
-@click.option("-f", "--filename", "files", multiple=True, required=True)
-@click.option("--no-wait", is_flag=True)
-@click.option("--timeout", "barrier_timeout", default=30.0, show_default=True,
-              help="Seconds to wait for the agents to sync the change.")
-def delete(state_path: str, files: tuple[str, ...], no_wait: bool, barrier_timeout: float) -> None:
-    """Delete objects; return after every agent has synced the deletion."""
-    documents = [doc for path in files for doc in _documents(path)]
-    try:
-        count = _lab(state_path, barrier_timeout).delete(documents, wait=not no_wait)
-    except KrError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"deleted {count} objects")
+lab.add_command(change_command("apply", "applied", "Create or update objects; return after every agent has synced them."))
+lab.add_command(change_command("delete", "deleted", "Delete objects; return after every agent has synced the deletion."))
 
 
 @lab.command()

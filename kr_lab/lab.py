@@ -324,16 +324,23 @@ class Lab:
 
     def apply(self, documents: Iterable[Mapping[str, Any]], wait: bool = True) -> int:
         """Create or update objects (pods also get a namespace, an IP and their servers). Returns the count."""
+        return self._change(documents, self._apply_one, wait)
+
+    def delete(self, documents: Iterable[Mapping[str, Any]], wait: bool = True) -> int:
+        """Delete objects (pods also lose their namespace). Returns the count."""
+        return self._change(documents, self._delete_one, wait)
+
+    def _change(self, documents: Iterable[Mapping[str, Any]], one: Callable[[Mapping[str, Any]], int],
+                wait: bool) -> int:
+        """Apply ``one`` (returning the write's resourceVersion) to each object under the state lock,
+        then wait at the barrier for the newest version."""
         revision, count = 0, 0
         with self.dir.locked():
             self.state = self.dir.load()
             try:
                 for obj in documents:
                     _check_object(obj)
-                    if obj.get("kind") == "Pod":
-                        revision = max(revision, self._apply_pod(obj))
-                    else:
-                        revision = max(revision, self._write(obj))
+                    revision = max(revision, one(obj))
                     count += 1
             finally:
                 self.dir.save(self.state)  # what was done stays recorded, also when a later object fails
@@ -341,28 +348,19 @@ class Lab:
             self.barrier(revision)
         return count
 
-    def delete(self, documents: Iterable[Mapping[str, Any]], wait: bool = True) -> int:
-        revision, count = 0, 0
-        with self.dir.locked():
-            self.state = self.dir.load()
-            try:
-                for obj in documents:
-                    _check_object(obj)
-                    kind, meta = obj.get("kind", ""), obj["metadata"]
-                    name, namespace = meta.get("name", ""), meta.get("namespace") or "default"
-                    try:
-                        self._call(kind, "delete", name=name, namespace=namespace)
-                    except ApiException as exc:
-                        raise LabError(f"{kind} {namespace}/{name}: {_reason(exc)}") from exc
-                    if kind == "Pod":
-                        self._stop_pod(f"{namespace}/{name}")
-                    revision = max(revision, self._master_revision())  # the deletion's own version
-                    count += 1
-            finally:
-                self.dir.save(self.state)
-        if wait and revision:
-            self.barrier(revision)
-        return count
+    def _apply_one(self, obj: Mapping[str, Any]) -> int:
+        return self._apply_pod(obj) if obj.get("kind") == "Pod" else self._write(obj)
+
+    def _delete_one(self, obj: Mapping[str, Any]) -> int:
+        kind, meta = obj.get("kind", ""), obj["metadata"]
+        name, namespace = meta.get("name", ""), meta.get("namespace") or "default"
+        try:
+            self._call(kind, "delete", name=name, namespace=namespace)
+        except ApiException as exc:
+            raise LabError(f"{kind} {namespace}/{name}: {_reason(exc)}") from exc
+        if kind == "Pod":
+            self._stop_pod(f"{namespace}/{name}")
+        return self._master_revision()  # the deletion's own version
 
     def label(self, kind: str, name: str, changes: Sequence[str], wait: bool = True) -> None:
         """``key=value`` sets a label, ``key-`` removes it (kubectl's syntax)."""
