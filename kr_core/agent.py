@@ -29,8 +29,9 @@ from kr_core.backends import Backend, BackendContext, BackendSpec, watched_kinds
 from kr_core.cache import Cache, CacheChange
 from kr_core.changes import ChangeSet, ChangeTracker
 from kr_core.config import AgentConfig
-from kr_core.desired import build_desired_state
+from kr_core.desired import build_desired_state, prepare
 from kr_core.errors import ConfigError, KrError
+from kr_core.heap import HeapSettler
 from kr_core.model import DesiredState
 from kr_core.metrics import HealthState, Metrics, health_route, metrics_route, serve
 from kr_core.plugins import PluginHost
@@ -95,6 +96,7 @@ class Agent:
         self.backends: list[tuple[str, Backend]] = []
         self._servers: list[http.server.HTTPServer] = []
         self._node_seen: bool | None = None  # whether the last sync found this node in the API
+        self.heap = HeapSettler()
 
     # --- lifecycle
 
@@ -171,6 +173,7 @@ class Agent:
 
     def _on_change(self, change: CacheChange) -> None:
         kind, key, old, new = change
+        prepare(kind, key, new)
         self.tracker.record(kind, key, old, new)
         self._count_change(kind)
         self.request_sync()
@@ -222,6 +225,8 @@ class Agent:
         log.info("sync %s ok in %.1f ms: %d changes, %d service ports, %d nodes, %d pods, %d policies",
                  mode, elapsed * 1000, changes.count(), len(desired.services), len(desired.nodes),
                  len(desired.pods), len(desired.policies))
+        if full:
+            self.heap.settle()
 
     def programmed_versions(self) -> dict[str, str | None]:
         """Kind -> resourceVersion up to which every watched change is programmed.

@@ -5,8 +5,10 @@ camelCase, exactly as the API server sent them) to the typed model in :mod:`kr_c
 kube-proxy's selection and defaulting rules so that no backend has to.
 
 Invariants:
-- Pure: the result depends only on the arguments; the only side effects are logging and a bounded
-  cache of parsed IP addresses, which never changes a result.
+- Pure: the result depends only on the arguments; the only side effects are logging and caches that
+  never change a result: parsed IP addresses, and per kind the record parsed from each object (reused
+  while the cache holds the very same object; ``prepare`` fills it as objects arrive, so a sync rarely
+  parses at all).
 - A malformed object is skipped with exactly one warning naming its kind, key and the reason, and the
   rest of the state is still built. A malformed service port skips only that port.
 - Deliberate exclusions (headless, ExternalName, another proxy's services, FQDN slices, finished pods)
@@ -75,7 +77,7 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
     Absent kinds count as empty. Services labelled ``service.kubernetes.io/service-proxy-name`` are
     proxied only when the label equals ``proxy_name`` (so never when it is None), as in kube-proxy.
     """
-    nodes = _parse_each(snapshot, "nodes", "Node", _parse_node, _MEMOS["nodes"])
+    nodes: list[Node] = _MEMOS["nodes"].parse(snapshot.get("nodes") or {})
     slices = _index_endpoint_slices(snapshot)
     service_ports = _parse_each(
         snapshot,
@@ -83,9 +85,9 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
         "Service",
         lambda key, obj: _parse_service(key, obj, slices, node_name, proxy_name),
     )
-    pods = _parse_each(snapshot, "pods", "Pod", _parse_pod, _MEMOS["pods"])
-    namespaces = _parse_each(snapshot, "namespaces", "Namespace", _parse_namespace, _MEMOS["namespaces"])
-    policies = _parse_each(snapshot, "networkpolicies", "NetworkPolicy", _parse_policy, _MEMOS["networkpolicies"])
+    pods: list[Pod] = _MEMOS["pods"].parse(snapshot.get("pods") or {})
+    namespaces: list[Namespace] = _MEMOS["namespaces"].parse(snapshot.get("namespaces") or {})
+    policies: list[NetworkPolicy] = _MEMOS["networkpolicies"].parse(snapshot.get("networkpolicies") or {})
     nodes.sort(key=lambda n: n.name)
     return DesiredState(
         node_name=node_name,
@@ -98,39 +100,68 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
     )
 
 
+def prepare(kind: str, key: str, obj: Mapping[str, Any] | None) -> None:
+    """Parse ``obj`` (the cache's new object for ``kind``/``key``, None when deleted) ahead of the next
+    build, as kube-proxy's change trackers convert objects when they arrive: the agent calls this from
+    the watcher's thread, so a sync finds the record ready instead of parsing. A build parses whatever
+    was not prepared itself, so this never changes a result. Kinds whose parse depends on other objects
+    (services, EndpointSlices) are not prepared."""
+    memo = _MEMOS.get(kind)
+    if memo is not None:
+        memo.prepare(key, obj)
+
+
 class _ParseMemo:
-    """What parsing each object gave, kept from one build to the next.
+    """What parsing each object of one kind gave, kept from one build to the next.
 
     The agent's cache never mutates an object: a changed object is a new dict. So when a key maps to the
-    very same dict (identity, and the same resourceVersion) as in the last build, its parse is reused:
-    the build stays a function of the snapshot, costs in proportion to what changed, and a malformed
-    object is logged once instead of on every sync. Entries of objects that left the snapshot are dropped.
+    very same dict (identity, and the same resourceVersion) as in the last build, or as the one
+    ``prepare`` parsed, its parse is reused: the build stays a function of the snapshot, costs in
+    proportion to what changed, and a malformed object is logged once instead of on every sync. Entries
+    of objects that left the snapshot are dropped.
+
+    ``prepare`` may run in another thread than ``parse``: it only sets and pops single keys of
+    ``_prepared`` (atomic dict operations), and ``parse`` only reads them, so the worst a race can do is
+    make a build parse an object again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, label: str, parse: Callable[[str, Mapping[str, Any]], Any]) -> None:
+        self._label = label
+        self._parse = parse
         self._outcomes: dict[str, tuple[object, object, object]] = {}  # key -> (object, version, outcome)
+        self._prepared: dict[str, tuple[object, object, object]] = {}
 
-    def parse(self, objects: Mapping[str, Any], label: str,
-              parse: Callable[[str, Mapping[str, Any]], T | None]) -> list[T]:
+    def prepare(self, key: str, obj: Mapping[str, Any] | None) -> None:
+        if obj is None:
+            self._prepared.pop(key, None)
+        else:
+            self._prepared[key] = (obj, _resource_version(obj), _parse_one(key, obj, self._label, self._parse))
+
+    def parse(self, objects: Mapping[str, Any]) -> list[Any]:
         fresh: dict[str, tuple[object, object, object]] = {}
-        parsed: list[T] = []
+        parsed = []
+        prepared = self._prepared
         for key in sorted(objects):
             obj = objects[key]
-            meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-            version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+            version = _resource_version(obj)
             last = self._outcomes.get(key)
-            if last is not None and last[0] is obj and last[1] == version:
-                outcome = last[2]
-            else:
-                outcome = _parse_one(key, obj, label, parse)
-            fresh[key] = (obj, version, outcome)
+            if last is None or last[0] is not obj or last[1] != version:
+                last = prepared.get(key)
+                if last is not None and last[0] is obj and last[1] == version:
+                    prepared.pop(key, None)
+                else:
+                    last = (obj, version, _parse_one(key, obj, self._label, self._parse))
+            fresh[key] = last
+            outcome = last[2]
             if outcome is not None and not isinstance(outcome, _Malformed):
-                parsed.append(outcome)  # type: ignore[arg-type]
+                parsed.append(outcome)
         self._outcomes = fresh
         return parsed
 
 
-_UNSEEN = object()
+def _resource_version(obj: object) -> object:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    return meta.get("resourceVersion") if isinstance(meta, Mapping) else None
 
 
 def _parse_one(key: str, obj: object, label: str, parse: Callable[[str, Mapping[str, Any]], T | None]) -> object:
@@ -144,17 +175,11 @@ def _parse_one(key: str, obj: object, label: str, parse: Callable[[str, Mapping[
         return exc
 
 
-_MEMOS = {kind: _ParseMemo() for kind in ("nodes", "pods", "namespaces", "networkpolicies")}
-
-
 def _parse_each(
     snapshot: Snapshot, kind: str, label: str, parse: Callable[[str, Mapping[str, Any]], T | None],
-    memo: _ParseMemo | None = None,
 ) -> list[T]:
     """Parse every object of ``kind`` in key order, skipping (and logging) malformed ones."""
     objects = snapshot.get(kind) or {}
-    if memo is not None:
-        return memo.parse(objects, label, parse)
     parsed: list[T] = []
     for key in sorted(objects):
         outcome = _parse_one(key, objects[key], label, parse)
@@ -586,8 +611,14 @@ def _metadata(
     return namespace, name, _string_map(meta, "labels"), _string_map(meta, "annotations")
 
 
+_NO_STRINGS: FrozenMap[str, str] = FrozenMap()
+
+
 def _string_map(meta: Mapping[str, Any], field: str) -> FrozenMap[str, str]:
-    raw = _mapping(meta.get(field), f"metadata.{field}")
+    raw = meta.get(field)
+    if raw is None or (type(raw) is dict and not raw):
+        return _NO_STRINGS
+    raw = _mapping(raw, f"metadata.{field}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise _Malformed(f"metadata.{field}: keys and values must be strings")
     return FrozenMap(raw)
@@ -599,6 +630,8 @@ def _join(path: str, field: str) -> str:
 
 
 def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if type(value) is dict:  # what JSON gives: skip the slower ABC check
+        return value
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -743,3 +776,11 @@ def _selector(raw: object, path: str) -> LabelSelector:
 def _optional_selector(raw: object, path: str) -> LabelSelector | None:
     """None stays None: an unspecified selector is not the empty (match-all) selector."""
     return None if raw is None else _selector(raw, path)
+
+
+_MEMOS = {
+    "nodes": _ParseMemo("Node", _parse_node),
+    "pods": _ParseMemo("Pod", _parse_pod),
+    "namespaces": _ParseMemo("Namespace", _parse_namespace),
+    "networkpolicies": _ParseMemo("NetworkPolicy", _parse_policy),
+}

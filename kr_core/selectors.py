@@ -17,7 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -48,6 +48,22 @@ class FrozenMap(Mapping[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    # The Mapping mixins would go through __iter__ and __getitem__; selectors call these per pod.
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def items(self) -> ItemsView[K, V]:
+        return self._data.items()
+
+    def keys(self) -> KeysView[K]:
+        return self._data.keys()
+
+    def values(self) -> ValuesView[V]:
+        return self._data.values()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FrozenMap):
@@ -125,10 +141,15 @@ class LabelSelector:
         return not self.match_labels and not self.match_expressions
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        for key, value in self.match_labels.items():
-            if labels.get(key) != value:
+        # Plain loops: the firewall evaluates selectors for every pod, so this is a hot path.
+        get = labels.get
+        for key, value in self.match_labels._data.items():
+            if get(key) != value:
                 return False
-        return all(requirement.matches(labels) for requirement in self.match_expressions)
+        for requirement in self.match_expressions:
+            if not requirement.matches(labels):
+                return False
+        return True
 
     @classmethod
     def from_api(cls, raw: object) -> LabelSelector:

@@ -394,3 +394,30 @@ def test_unchanged_object_versions_are_parsed_once_and_malformed_ones_logged_onc
     again = build_desired_state({"pods": {"m/bad": bad}}, "n1")
     assert again.pods == () and sum("m/bad" in r.getMessage() for r in caplog.records) == 2, \
         "an object that left and came back is parsed (and reported) again"
+
+
+def test_prepared_objects_are_used_by_the_next_build_and_never_change_its_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kr_core.desired import prepare
+
+    def pod_obj(name: str, version: str, ip: str) -> dict:
+        return {"metadata": {"namespace": "p", "name": name, "resourceVersion": version},
+                "spec": {"nodeName": "n1"}, "status": {"phase": "Running", "podIP": ip}}
+
+    a1, b1 = pod_obj("a", "1", "10.8.0.2"), pod_obj("b", "2", "10.8.0.3")
+    prepare("pods", "p/a", a1)
+    prepare("services", "p/s", {"metadata": {"name": "s"}})  # not a prepared kind: ignored
+    first = build_desired_state({"pods": {"p/a": a1, "p/b": b1}}, "n1")
+    assert [p.ips for p in first.pods] == [("10.8.0.2",), ("10.8.0.3",)]
+    # a prepared record of another object (same key, other version) is not used
+    prepare("pods", "p/a", pod_obj("a", "9", "10.8.0.9"))
+    a2 = pod_obj("a", "3", "10.8.0.4")
+    assert build_desired_state({"pods": {"p/a": a2, "p/b": b1}}, "n1").pods[0].ips == ("10.8.0.4",)
+    prepare("pods", "p/a", None)
+    assert build_desired_state({"pods": {"p/b": b1}}, "n1").pods[0].name == "b"
+    bad = pod_obj("bad", "4", "not-an-ip")
+    prepare("pods", "p/bad", bad)
+    assert sum("p/bad" in r.getMessage() for r in caplog.records) == 1, "reported when prepared"
+    assert [p.name for p in build_desired_state({"pods": {"p/b": b1, "p/bad": bad}}, "n1").pods] == ["b"]
+    assert sum("p/bad" in r.getMessage() for r in caplog.records) == 1, "the build used the prepared outcome"
