@@ -2,7 +2,8 @@
 
 ``compile_firewall(desired, settings)`` returns a ``FirewallRuleset``: kr's chains (rule specs without
 ``-A NAME``), the sets they match and the hook rules that jump into ``KR-FW``. Nothing here touches the
-kernel. See docs/firewall.md for the layout and why it is shaped so.
+kernel. A backend keeps a ``FirewallCompiler``, which returns the same rulesets but recomputes only what
+the change since its last compile can affect. See docs/firewall.md for the layout and why it is shaped so.
 
 Invariants:
 - every chain and set name starts with ``KR-FW`` and fits the kernel (chain <= 28, set <= 27 characters,
@@ -10,7 +11,7 @@ Invariants:
   they are stable across syncs and processes;
 - rule specs are written in the exact form ``iptables-save`` prints them (both flavours), so the apply
   layer can compare what the kernel holds with what is wanted by string equality;
-- set members are written as ``ipset save`` prints them, sorted;
+- set members are written as ``ipset save`` prints them (a set has no order, so members are frozensets);
 - a chain's rules depend only on what defines it: a policy chain only on its policy (peer and named-port
   sets are named by their content, not by pods), a pod chain only on the policies selecting the pod, so a
   pod's label or IP change rewrites set members and the top chain's dispatch, never policy chains;
@@ -23,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import operator
 import re
 import shlex
-import socket
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +38,13 @@ from kr_core.model import (
     LabelSelector,
     NetworkPolicy,
     Pod,
-    PolicyPeer,
     PolicyPort,
     PolicyRule,
     PolicyType,
     Protocol,
     to_jsonable,
 )
+from kr_core.selectors import FrozenMap
 
 PREFIX = "KR-FW"
 TOP_CHAIN = "KR-FW"
@@ -78,8 +80,14 @@ class FirewallSettings:
 
 @dataclass(frozen=True, slots=True)
 class IPSetSpec:
+    """A set's type and members (any iterable given is kept as a frozenset: the kernel has no order)."""
+
     type: str
-    members: tuple[str, ...] = ()
+    members: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.members, frozenset):
+            object.__setattr__(self, "members", frozenset(self.members))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +121,17 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16].upper()
 
 
+@lru_cache(maxsize=65536)
+def _name_digest(namespace: str, name: str) -> str:
+    return digest(namespace, name)
+
+
 def pod_chain(direction: PolicyType, pod: Pod) -> str:
-    return f"{PREFIX}-{'I' if direction is PolicyType.INGRESS else 'E'}-{digest(pod.namespace, pod.name)}"
+    return f"{PREFIX}-{'I' if direction is PolicyType.INGRESS else 'E'}-{_name_digest(pod.namespace, pod.name)}"
 
 
 def policy_chain(direction: PolicyType, policy: NetworkPolicy) -> str:
-    return f"{PREFIX}-P-{digest(policy.namespace, policy.name)}-{'I' if direction is PolicyType.INGRESS else 'E'}"
+    return f"{PREFIX}-P-{_name_digest(policy.namespace, policy.name)}-{'I' if direction is PolicyType.INGRESS else 'E'}"
 
 
 def ipv4s(pod: Pod) -> tuple[str, ...]:
@@ -137,123 +150,238 @@ def _mark(bit: int) -> str:
 # --- the compile step
 
 
-class _Compiler:
-    """One compile. The indexes built here are derived from ``desired`` alone and live only as long as
-    the compile, so the module stays pure: they change how fast a set is found, never what it holds."""
+_NO_LABELS: Mapping[str, str] = FrozenMap()
 
-    def __init__(self, desired: DesiredState, settings: FirewallSettings) -> None:
-        self.desired = desired
-        self.settings = settings
-        self.sets: dict[str, IPSetSpec] = {}
-        self.chains: dict[str, tuple[str, ...]] = {}
-        # pods that can be peers or named-port destinations: not hostNetwork, with an IPv4 address
-        self.peer_pods = [p for p in desired.pods if not p.host_network and ipv4s(p)]
-        self.local_pods = [p for p in self.peer_pods if p.node_name == desired.node_name]
-        self.mark = _mark(settings.mark)
-        # peer pods by namespace, and the labels a namespace selector sees for each such namespace (a
-        # namespace missing from the state has none, so only an empty selector matches its pods)
-        self.pods_by_namespace: dict[str, list[Pod]] = {}
-        for pod in self.peer_pods:
-            self.pods_by_namespace.setdefault(pod.namespace, []).append(pod)
-        self.namespace_labels: dict[str, Mapping[str, str]] = {}
-        for name in self.pods_by_namespace:
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _NamespacePods:
+    """What a compile needs of one namespace's pods. A compiler keeps handing out the same object while
+    the namespace's pods are the same objects, so anything derived from it can be kept as well."""
+
+    pods: tuple[Pod, ...]  # every pod of the namespace in the state, in state order
+    peers: tuple[tuple[Pod, tuple[str, ...]], ...]  # (pod, its IPv4s) for pods that can be peers
+    peers_by_labels: tuple[tuple[Mapping[str, str], tuple[str, ...]], ...]  # labels -> IPv4s of peers with them
+    local: tuple[Pod, ...]  # the peers running on this node
+
+
+def _namespace_pods(pods: tuple[Pod, ...], node_name: str) -> _NamespacePods:
+    """Peers are pods that are not hostNetwork and have an IPv4 address."""
+    peers = tuple((pod, ips) for pod in pods if not pod.host_network and (ips := ipv4s(pod)))
+    # pods of one workload share their labels: a selector is evaluated once per distinct label set
+    by_labels: dict[Mapping[str, str], list[str]] = {}
+    for pod, ips in peers:
+        by_labels.setdefault(pod.labels, []).extend(ips)
+    local = tuple(pod for pod, _ in peers if pod.node_name == node_name)
+    return _NamespacePods(pods, peers, tuple((labels, tuple(ips)) for labels, ips in by_labels.items()), local)
+
+
+def _named_port_members(view: _NamespacePods, port_name: str, protocol: Protocol) -> frozenset[str]:
+    """``ip,proto:port`` of each peer declaring ``port_name`` for ``protocol`` (a pod's first
+    declaration of a name and protocol wins, as in Kubernetes)."""
+    proto = protocol.value.lower()
+    members = set()
+    for pod, ips in view.peers:
+        for port in pod.named_ports:
+            if port.name == port_name and port.protocol is protocol:
+                members.update(f"{ip},{proto}:{port.port}" for ip in ips)
+                break
+    return frozenset(members)
+
+
+_NO_PODS = _NamespacePods((), (), (), ())
+
+
+@dataclass(frozen=True, slots=True)
+class _SelectorSet:
+    """The pods a selector peer selects: in ``scope`` (the policy's namespace) when the peer has no
+    namespace selector, else in the namespaces ``namespace_selector`` matches."""
+
+    name: str
+    scope: str | None
+    pod_selector: LabelSelector | None
+    namespace_selector: LabelSelector | None
+
+
+@dataclass(frozen=True, slots=True)
+class _NamedPortSet:
+    """Every peer pod's (IP, resolved port) for one port name and protocol."""
+
+    name: str
+    port_name: str
+    protocol: Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class _BlockSet:
+    """An ipBlock as hash:net members (excepts as ``nomatch``)."""
+
+    name: str
+    members: frozenset[str]
+
+
+_SetRequest = _SelectorSet | _NamedPortSet | _BlockSet
+
+
+class _Memo:
+    """Results kept from one compile to the next, each with the inputs it was computed from.
+
+    A result is reused when its inputs are the very same objects as last time: the desired-state builder
+    hands back the same frozen object for an unchanged API object, and the compiler the same
+    ``_NamespacePods`` for a namespace whose pods are unchanged, so reuse never changes a result. A
+    result no compile asked for is dropped after that compile (``finish``).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[Hashable, tuple[tuple[object, ...], Any]] = {}
+        self._now: dict[Hashable, tuple[tuple[object, ...], Any]] = {}
+
+    def get(self, key: Hashable, inputs: tuple[object, ...]) -> Any:
+        entry = self._now.get(key) or self._last.get(key)
+        if entry is None or len(entry[0]) != len(inputs) or not all(map(operator.is_, entry[0], inputs)):
+            return None
+        self._now[key] = entry
+        return entry[1]
+
+    def put(self, key: Hashable, inputs: tuple[object, ...], value: Any) -> Any:
+        self._now[key] = (inputs, value)
+        return value
+
+    def finish(self) -> None:
+        self._last, self._now = self._now, {}
+
+
+class FirewallCompiler:
+    """Compiles the desired states of one node, one after another.
+
+    Each ``compile`` returns exactly what ``compile_firewall`` returns for the same state; what makes it
+    cheaper is reuse (see ``_Memo``): a policy's chain and set requests are recomputed only when the
+    policy changed, a set's members only when a namespace it looks at changed its pods (or namespace
+    labels changed), and then only that namespace's pods are examined again. So a sync costs in
+    proportion to what changed, plus one pass over the pods to group them by namespace.
+    """
+
+    def __init__(self, settings: FirewallSettings | None = None) -> None:
+        self.settings = settings or FirewallSettings()
+        self._mark = _mark(self.settings.mark)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._node_name: str | None = None
+        self._views: dict[str, _NamespacePods] = {}
+        self._labels: dict[str, Mapping[str, str]] = {}
+        self._matching: dict[LabelSelector, tuple[str, ...]] = {}
+        self._selected = _Memo()  # (pod selector, namespace) -> frozenset of IPv4s
+        self._named = _Memo()  # (port name, protocol, namespace) -> frozenset of "ip,proto:port"
+        self._specs = _Memo()  # set name -> IPSetSpec
+        self._policies = _Memo()  # (policy key, direction) -> (rules, set requests)
+        self._selection = _Memo()  # policy key -> the local pods it selects
+        self._sets: dict[str, IPSetSpec] = {}
+        self._on_set: Callable[[str, IPSetSpec], None] | None = None
+
+    def compile(self, desired: DesiredState, on_set: Callable[[str, IPSetSpec], None] | None = None) -> FirewallRuleset:
+        """kr's filter-table chains, sets and hooks enforcing ``desired.policies`` on ``desired.node_name``.
+
+        ``on_set(name, spec)`` is called once for each set of the result as soon as it is known, so a
+        caller can load sets into the kernel while the compile goes on."""
+        if desired.node_name != self._node_name:
+            self._reset()
+            self._node_name = desired.node_name
+        self._on_set = on_set
+        try:
+            ruleset = self._compile(desired)
+        except BaseException:
+            self._reset()
+            raise
+        for memo in (self._selected, self._named, self._specs, self._policies, self._selection):
+            memo.finish()
+        self._sets, self._on_set = {}, None
+        return ruleset
+
+    # namespaces
+
+    def _group(self, desired: DesiredState) -> None:
+        """Group the pods by namespace, keeping the previous ``_NamespacePods`` of unchanged namespaces,
+        and note namespace labels (a namespace missing from the state has none)."""
+        groups: dict[str, list[Pod]] = {}
+        for pod in desired.pods:
+            groups.setdefault(pod.namespace, []).append(pod)
+        views = {}
+        for name, pods in groups.items():
+            old = self._views.get(name)
+            if old is not None and len(old.pods) == len(pods) and all(map(operator.is_, old.pods, pods)):
+                views[name] = old
+            else:
+                views[name] = _namespace_pods(tuple(pods), desired.node_name)
+        self._views = views
+        labels = {}
+        for name in views:
             namespace = desired.namespace(name)
-            self.namespace_labels[name] = namespace.labels if namespace is not None else {}
-        self.local_pods_by_namespace: dict[str, list[Pod]] = {}
-        for pod in self.local_pods:
-            self.local_pods_by_namespace.setdefault(pod.namespace, []).append(pod)
-        # (port name, protocol) -> (pod, port) for every peer pod declaring it; a pod's first declaration
-        # of a (name, protocol) wins, as in Kubernetes
-        self.named_ports: dict[tuple[str, Protocol], list[tuple[Pod, int]]] = {}
-        for pod in self.peer_pods:
-            seen: set[tuple[str, Protocol]] = set()
-            for named in pod.named_ports:
-                key = (named.name, named.protocol)
-                if key not in seen:
-                    seen.add(key)
-                    self.named_ports.setdefault(key, []).append((pod, named.port))
-        self._namespaces_matching: dict[LabelSelector, list[str]] = {}
-        self._member_keys: dict[str, tuple[int, int, str]] = {}
+            labels[name] = namespace.labels if namespace is not None else _NO_LABELS
+        if labels.keys() != self._labels.keys() or any(labels[n] is not self._labels[n] for n in labels):
+            self._matching = {}
+        self._labels = labels
+
+    def _namespaces_matching(self, selector: LabelSelector) -> tuple[str, ...]:
+        names = self._matching.get(selector)
+        if names is None:
+            names = self._matching[selector] = tuple(n for n, labels in self._labels.items()
+                                                     if selector.matches(labels))
+        return names
 
     # sets
 
-    def _add_set(self, name: str, set_type: str, members: Iterable[str]) -> str:
-        self.sets[name] = self._spec(set_type, members)
-        return name
+    def _realize(self, request: _SetRequest) -> str:
+        """Put the set ``request`` describes into this compile's sets; returns its name."""
+        if request.name not in self._sets:
+            self._add_set(request.name, self._set_spec(request))
+        return request.name
 
-    def _spec(self, set_type: str, members: Iterable[str]) -> IPSetSpec:
-        return IPSetSpec(set_type, tuple(sorted(set(members), key=self.member_key)))
+    def _add_set(self, name: str, spec: IPSetSpec) -> None:
+        self._sets[name] = spec
+        if self._on_set is not None:
+            self._on_set(name, spec)
 
-    def member_key(self, member: str) -> tuple[int, int, str]:
-        """``member_key``, memoized per compile (a pod's IP is a member of many sets)."""
-        key = self._member_keys.get(member)
-        if key is None:
-            key = self._member_keys[member] = member_key(member)
-        return key
+    def _set_spec(self, request: _SetRequest) -> IPSetSpec:
+        if isinstance(request, _BlockSet):
+            return IPSetSpec("hash:net", request.members)
+        if isinstance(request, _NamedPortSet):
+            namespaces: tuple[str, ...] = tuple(self._views)
+        elif request.scope is not None:
+            namespaces = (request.scope,)
+        else:
+            assert request.namespace_selector is not None
+            namespaces = self._namespaces_matching(request.namespace_selector)
+        views = tuple(self._views.get(name, _NO_PODS) for name in namespaces)
+        spec = self._specs.get(request.name, views)
+        if spec is not None:
+            return spec  # type: ignore[no-any-return]
+        if isinstance(request, _NamedPortSet):
+            spec = IPSetSpec("hash:ip,port", frozenset().union(
+                *(self._named_members(request, n, v) for n, v in zip(namespaces, views))))
+        else:
+            spec = IPSetSpec("hash:ip", frozenset().union(
+                *(self._selected_ips(request.pod_selector, n, v) for n, v in zip(namespaces, views))))
+        return self._specs.put(request.name, views, spec)  # type: ignore[no-any-return]
 
-    def namespaces_matching(self, selector: LabelSelector) -> list[str]:
-        """The namespaces of peer pods whose labels ``selector`` matches (memoized per compile)."""
-        names = self._namespaces_matching.get(selector)
-        if names is None:
-            names = [n for n, labels in self.namespace_labels.items() if selector.matches(labels)]
-            self._namespaces_matching[selector] = names
-        return names
-
-    def selector_set(self, policy: NetworkPolicy, peer: PolicyPeer) -> str:
-        """The pods ``peer`` selects (``PolicyPeer.selects_pod``), found through the namespace index: a
-        peer without a namespace selector looks only at the policy's namespace, one with it only at the
-        namespaces it matches."""
-        scope = policy.namespace if peer.namespace_selector is None else None
-        name = f"{PREFIX}-S-{digest('S', scope, peer.pod_selector, peer.namespace_selector)}"
-        if name not in self.sets:
-            if peer.namespace_selector is None:
-                namespaces = [policy.namespace]
-            else:
-                namespaces = self.namespaces_matching(peer.namespace_selector)
-            inputs = tuple(pod for namespace in namespaces for pod in self.pods_by_namespace.get(namespace, ()))
-            spec = _MEMO.get(name, inputs)
-            if spec is None:
-                members = [ip for namespace in namespaces for ip in self.selected_ips(peer.pod_selector, namespace)]
-                spec = _MEMO.put(name, inputs, self._spec("hash:ip", members))
-            self.sets[name] = spec
-        return name
-
-    def selected_ips(self, selector: LabelSelector | None, namespace: str) -> tuple[str, ...]:
-        """The IPs of ``namespace``'s pods that ``selector`` (None: all) matches, remembered per namespace,
-        so a set spanning many namespaces re-examines only those whose pods changed."""
-        pods = tuple(self.pods_by_namespace.get(namespace, ()))
-        key = ("S", selector, namespace)
-        ips = _MEMO.get(key, pods)
-        if ips is None:
-            ips = _MEMO.put(key, pods, tuple(ip for pod in pods if selector is None or selector.matches(pod.labels)
-                                             for ip in ipv4s(pod)))
-        return ips
-
-    def block_set(self, block: IPBlock) -> str | None:
-        """A hash:net set for ``block`` (its excepts as nomatch entries), or None if it holds no IPv4."""
-        members = _block_members(block)
+    def _named_members(self, request: _NamedPortSet, namespace: str, view: _NamespacePods) -> frozenset[str]:
+        key = (request.port_name, request.protocol, namespace)
+        members = self._named.get(key, (view,))
         if members is None:
-            return None
-        name = f"{PREFIX}-B-{digest('B', members)}"
-        return self._add_set(name, "hash:net", members)
+            members = self._named.put(key, (view,), _named_port_members(view, request.port_name, request.protocol))
+        return members  # type: ignore[no-any-return]
 
-    def named_port_set(self, name: str, protocol: Protocol) -> str:
-        """Every pod's (IP, resolved port) for ``name``: matched ``dst,dst``, the destination resolves it."""
-        set_name = f"{PREFIX}-N-{digest('N', name, protocol)}"
-        if set_name not in self.sets:
-            entries = self.named_ports.get((name, protocol), [])
-            inputs = tuple(pod for pod, _ in entries)
-            spec = _MEMO.get(set_name, inputs)
-            if spec is None:
-                proto = protocol.value.lower()
-                members = [f"{ip},{proto}:{port}" for pod, port in entries for ip in ipv4s(pod)]
-                spec = _MEMO.put(set_name, inputs, self._spec("hash:ip,port", members))
-            self.sets[set_name] = spec
-        return set_name
+    def _selected_ips(self, selector: LabelSelector | None, namespace: str, view: _NamespacePods) -> frozenset[str]:
+        """The IPv4s of ``namespace``'s peer pods that ``selector`` (None: all) matches."""
+        ips = self._selected.get((selector, namespace), (view,))
+        if ips is None:
+            ips = self._selected.put((selector, namespace), (view,), frozenset(
+                ip for labels, label_ips in view.peers_by_labels if selector is None or selector.matches(labels)
+                for ip in label_ips))
+        return ips  # type: ignore[no-any-return]
 
     # rules
 
-    def reject(self, log_prefix: str) -> list[str]:
+    def _reject(self, log_prefix: str) -> list[str]:
         """Count (the jump's counter), log and reject."""
         rules = []
         if self.settings.nflog_group:
@@ -263,53 +391,34 @@ class _Compiler:
         rules.append(f"-j {REJECT_CHAIN}")
         return rules
 
-    def peer_matches(self, policy: NetworkPolicy, rule: PolicyRule, flag: str) -> list[str]:
-        if not rule.peers:
-            return [""]
-        matches = []
-        for peer in rule.peers:
-            if peer.ip_block is not None:
-                name = self.block_set(peer.ip_block)
-                if name is not None:
-                    matches.append(f"-m set --match-set {name} {flag}")
-            else:
-                matches.append(f"-m set --match-set {self.selector_set(policy, peer)} {flag}")
-        return matches
+    def _policy_rules(self, policy: NetworkPolicy, direction: PolicyType) -> tuple[str, ...]:
+        """The rules of ``policy``'s chain for ``direction``, its sets realized. The rules depend on the
+        policy alone (sets are named by what defines them), so they are recomputed only when it changed."""
+        key = (policy.key, direction)
+        remembered = self._policies.get(key, (policy,))
+        if remembered is None:
+            remembered = self._policies.put(key, (policy,), _policy_rules(policy, direction, self._mark))
+        rules, requests = remembered
+        for request in requests:
+            self._realize(request)
+        return rules  # type: ignore[no-any-return]
 
-    def port_matches(self, rule: PolicyRule) -> list[str]:
-        if not rule.ports:
-            return [""]
-        return [self.port_match(port) for port in rule.ports]
+    def _selected_local(self, policy: NetworkPolicy) -> tuple[Pod, ...]:
+        view = self._views.get(policy.namespace, _NO_PODS)
+        pods = self._selection.get(policy.key, (policy, view))
+        if pods is None:
+            pods = self._selection.put(policy.key, (policy, view), tuple(p for p in view.local if policy.selects(p)))
+        return pods  # type: ignore[no-any-return]
 
-    def port_match(self, port: PolicyPort) -> str:
-        proto = port.protocol.value.lower()
-        if port.port is None:
-            return f"-p {proto}"
-        if isinstance(port.port, str):
-            return f"-p {proto} -m set --match-set {self.named_port_set(port.port, port.protocol)} dst,dst"
-        if port.end_port is not None and port.end_port > port.port:
-            return f"-p {proto} -m {proto} --dport {port.port}:{port.end_port}"
-        return f"-p {proto} -m {proto} --dport {port.port}"
-
-    def policy_rules(self, policy: NetworkPolicy, direction: PolicyType) -> tuple[str, ...]:
-        flag = "src" if direction is PolicyType.INGRESS else "dst"
-        rules = policy.ingress if direction is PolicyType.INGRESS else policy.egress
-        lines = []
-        for rule in rules:
-            for port in self.port_matches(rule):
-                for peer in self.peer_matches(policy, rule, flag):
-                    match = " ".join(part for part in (port, peer) if part)
-                    lines.append(f"{match} -j MARK --set-xmark {self.mark}".lstrip())
-        return tuple(dict.fromkeys(lines))
-
-    def compile(self) -> FirewallRuleset:
+    def _compile(self, desired: DesiredState) -> FirewallRuleset:
+        self._group(desired)
         selecting: dict[tuple[PolicyType, str], list[NetworkPolicy]] = {}
-        pods_by_key = {p.key: p for p in self.local_pods}
-        for policy in self.desired.policies:
-            for direction in policy.policy_types:
-                for pod in self.local_pods_by_namespace.get(policy.namespace, ()):
-                    if policy.selects(pod):
-                        selecting.setdefault((direction, pod.key), []).append(policy)
+        pods_by_key: dict[str, Pod] = {}
+        for policy in desired.policies:
+            for pod in self._selected_local(policy):
+                pods_by_key[pod.key] = pod
+                for direction in policy.policy_types:
+                    selecting.setdefault((direction, pod.key), []).append(policy)
 
         policy_chains: dict[str, tuple[str, ...]] = {}
         pod_chains: dict[str, tuple[str, ...]] = {}
@@ -320,39 +429,90 @@ class _Compiler:
             for policy in sorted(policies, key=lambda p: p.key):
                 chain = policy_chain(direction, policy)
                 if chain not in policy_chains:
-                    policy_chains[chain] = self.policy_rules(policy, direction)
-                rules += [f"-j {chain}", f"-m mark --mark {self.mark} -j RETURN"]
+                    policy_chains[chain] = self._policy_rules(policy, direction)
+                rules += [f"-j {chain}", f"-m mark --mark {self._mark} -j RETURN"]
             word = "ingress to" if direction is PolicyType.INGRESS else "egress from"
-            rules += self.reject(f"{word} {pod.key}")
+            rules += self._reject(f"{word} {pod.key}")
             name = pod_chain(direction, pod)
             pod_chains[name] = tuple(rules)
             flag = "-d" if direction is PolicyType.INGRESS else "-s"
             dispatch[direction] += [f"{flag} {ip}/32 -j {name}" for ip in ipv4s(pod)]
 
-        known = self._add_set(KNOWN_SET, "hash:ip", (ip for p in self.local_pods for ip in ipv4s(p)))
+        self._add_set(KNOWN_SET, IPSetSpec("hash:ip", frozenset(
+            ip for view in self._views.values() for pod in view.local for ip in ipv4s(pod))))
+        cidrs = pod_cidrs(desired)
         top = ['-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "kr: replies" -j RETURN']
-        for cidr in self.pod_cidrs():
-            top += [f"-s {cidr} -m set ! --match-set {known} src -j {_UNKNOWN_SRC}",
-                    f"-d {cidr} -m addrtype ! --dst-type LOCAL -m set ! --match-set {known} dst -j {_UNKNOWN_DST}"]
+        for cidr in cidrs:
+            top += [f"-s {cidr} -m set ! --match-set {KNOWN_SET} src -j {_UNKNOWN_SRC}",
+                    f"-d {cidr} -m addrtype ! --dst-type LOCAL -m set ! --match-set {KNOWN_SET} dst -j {_UNKNOWN_DST}"]
         top += dispatch[PolicyType.EGRESS] + dispatch[PolicyType.INGRESS]
         if pod_chains:
             top.append(f"-j MARK --set-xmark 0x0/{self.settings.mark:#x}")
 
         chains = {TOP_CHAIN: tuple(top)}
-        if self.pod_cidrs():
-            chains[_UNKNOWN_SRC] = tuple(self.reject("from unknown pod"))
-            chains[_UNKNOWN_DST] = tuple(self.reject("to unknown pod"))
+        if cidrs:
+            chains[_UNKNOWN_SRC] = tuple(self._reject("from unknown pod"))
+            chains[_UNKNOWN_DST] = tuple(self._reject("to unknown pod"))
         chains[REJECT_CHAIN] = ("-p tcp -j REJECT --reject-with tcp-reset",
                                 "-j REJECT --reject-with icmp-port-unreachable")
         chains.update(sorted(pod_chains.items()))
         chains.update(sorted(policy_chains.items()))
-        return FirewallRuleset(chains=chains, sets=dict(sorted(self.sets.items())), hooks=hooks())
+        return FirewallRuleset(chains=chains, sets=dict(sorted(self._sets.items())), hooks=hooks())
 
-    def pod_cidrs(self) -> list[str]:
-        node = self.desired.node
-        if node is None:
-            return []
-        return [c for c in node.pod_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
+
+def _policy_rules(policy: NetworkPolicy, direction: PolicyType, mark: str) -> tuple[tuple[str, ...], tuple[_SetRequest, ...]]:
+    """``policy``'s chain for ``direction``: one MARK rule per (port, peer) pair of each rule, and the
+    sets those rules match."""
+    flag = "src" if direction is PolicyType.INGRESS else "dst"
+    requests: dict[str, _SetRequest] = {}
+
+    def use(request: _SetRequest) -> str:
+        requests.setdefault(request.name, request)
+        return request.name
+
+    def peer_matches(rule: PolicyRule) -> list[str]:
+        if not rule.peers:
+            return [""]
+        matches = []
+        for peer in rule.peers:
+            if peer.ip_block is not None:
+                members = _block_members(peer.ip_block)
+                if members is not None:
+                    name = use(_BlockSet(f"{PREFIX}-B-{digest('B', members)}", frozenset(members)))
+                    matches.append(f"-m set --match-set {name} {flag}")
+            else:
+                scope = policy.namespace if peer.namespace_selector is None else None
+                name = f"{PREFIX}-S-{digest('S', scope, peer.pod_selector, peer.namespace_selector)}"
+                use(_SelectorSet(name, scope, peer.pod_selector, peer.namespace_selector))
+                matches.append(f"-m set --match-set {name} {flag}")
+        return matches
+
+    def port_match(port: PolicyPort) -> str:
+        proto = port.protocol.value.lower()
+        if port.port is None:
+            return f"-p {proto}"
+        if isinstance(port.port, str):
+            name = use(_NamedPortSet(f"{PREFIX}-N-{digest('N', port.port, port.protocol)}", port.port, port.protocol))
+            return f"-p {proto} -m set --match-set {name} dst,dst"
+        if port.end_port is not None and port.end_port > port.port:
+            return f"-p {proto} -m {proto} --dport {port.port}:{port.end_port}"
+        return f"-p {proto} -m {proto} --dport {port.port}"
+
+    lines = []
+    for rule in policy.ingress if direction is PolicyType.INGRESS else policy.egress:
+        ports = [port_match(port) for port in rule.ports] if rule.ports else [""]
+        for port in ports:
+            for peer in peer_matches(rule):
+                match = " ".join(part for part in (port, peer) if part)
+                lines.append(f"{match} -j MARK --set-xmark {mark}".lstrip())
+    return tuple(dict.fromkeys(lines)), tuple(requests.values())
+
+
+def pod_cidrs(desired: DesiredState) -> list[str]:
+    """This node's IPv4 pod CIDRs (none while the Node is unknown)."""
+    if desired.node is None:
+        return []
+    return [c for c in desired.node.pod_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
 
 
 _UNKNOWN_SRC = f"{PREFIX}-UNKNOWN-SRC"
@@ -371,73 +531,13 @@ def hooks() -> tuple[tuple[str, str], ...]:
     return (("INPUT", f"! -i lo {jump}"), ("FORWARD", jump), ("OUTPUT", f"-m addrtype ! --src-type LOCAL {jump}"))
 
 
-class _SetMemo:
-    """Pod-derived results kept from one compile to the next: each set's spec, and each (selector,
-    namespace) pair's matching IPs.
-
-    Such a result is a function of its key (which encodes the selector or port name) and of the pods it
-    looks at, in order. The desired-state builder hands back the very same (frozen) ``Pod`` object for a
-    pod that did not change, so when a result looks at the same pod objects as last time it is reused: a
-    compile costs in proportion to the namespaces whose pods changed, and its output is exactly what a
-    fresh compile gives. Results not used by a compile are dropped after it.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[Hashable, tuple[tuple[Pod, ...], Any]] = {}
-        self._used: dict[Hashable, tuple[tuple[Pod, ...], Any]] = {}
-
-    def get(self, key: Hashable, inputs: tuple[Pod, ...]) -> Any:
-        entry = self._entries.get(key)
-        if entry is None or len(entry[0]) != len(inputs) or any(a is not b for a, b in zip(entry[0], inputs)):
-            return None
-        self._used[key] = entry
-        return entry[1]
-
-    def put(self, key: Hashable, inputs: tuple[Pod, ...], value: Any) -> Any:
-        self._used[key] = (inputs, value)
-        return value
-
-    def finish(self) -> None:
-        self._entries, self._used = self._used, {}
-
-
-_MEMO = _SetMemo()
-
-
 def compile_firewall(desired: DesiredState, settings: FirewallSettings | None = None) -> FirewallRuleset:
-    """kr's filter-table chains, sets and hooks enforcing ``desired.policies`` on ``desired.node_name``."""
-    try:
-        return _Compiler(desired, settings or FirewallSettings()).compile()
-    finally:
-        _MEMO.finish()
+    """kr's filter-table chains, sets and hooks enforcing ``desired.policies`` on ``desired.node_name``,
+    computed from nothing (a backend keeps a ``FirewallCompiler`` to reuse what did not change)."""
+    return FirewallCompiler(settings).compile(desired)
 
 
 # --- helpers
-
-
-_PREFIX_LENGTHS = {"": 32, **{str(n): n for n in range(33)}}
-
-
-def member_key(member: str) -> tuple[int, int, str]:
-    """Members in address order, then prefix length, then text (ports, nomatch).
-
-    The key is ``(network address as int, prefix length, member)`` exactly as
-    ``ipaddress.ip_network(address, strict=False)`` gives it, computed without ``ipaddress`` when the
-    address is a canonical dotted quad (as kr writes and ``ipset save`` prints); anything else (IPv6, odd
-    spellings) takes the ``ipaddress`` path, with its errors.
-    """
-    address, _, length = member.split(",", 1)[0].split(" ", 1)[0].partition("/")
-    prefix = _PREFIX_LENGTHS.get(length)
-    if prefix is not None:
-        try:
-            packed = socket.inet_aton(address)
-        except OSError:
-            packed = b""
-        if packed and socket.inet_ntoa(packed) == address:
-            host_bits = 32 - prefix
-            return (int.from_bytes(packed, "big") >> host_bits << host_bits, prefix, member)
-    net = ipaddress.ip_network(member.split(",")[0].split(" ")[0], strict=False)
-    return (int(net.network_address), net.prefixlen, member)
 
 
 def _net_text(net: ipaddress.IPv4Network) -> str:
@@ -463,9 +563,10 @@ def _block_members(block: IPBlock) -> tuple[str, ...] | None:
             if net == cidr:
                 return None  # everything excepted
             excepts.append(net)
-    members = [_net_text(n) for n in _split_zero(cidr)]  # type: ignore[arg-type]
-    members += [f"{_net_text(n)} nomatch" for e in excepts for n in _split_zero(e)]
-    return tuple(sorted(set(members), key=member_key))
+    entries = {(net, _net_text(net)) for net in _split_zero(cidr)}  # type: ignore[arg-type]
+    entries |= {(net, f"{_net_text(net)} nomatch") for e in excepts for net in _split_zero(e)}
+    # in address order (the order names the set, so it must not depend on how the block was written)
+    return tuple(text for _, text in sorted(entries, key=lambda e: (int(e[0].network_address), e[0].prefixlen, e[1])))
 
 
 # --- consistency

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from kr_core.model import (
@@ -81,12 +82,20 @@ def state(pods: Iterable[Pod] = (), policies: Iterable[NetworkPolicy] = (),
                         pods=tuple(pods), namespaces=tuple(namespaces), policies=tuple(policies))
 
 
+def sorted_members(members: Iterable[str]) -> tuple[str, ...]:
+    """Set members in address order, then prefix length, then text (ports, nomatch)."""
+    def key(member: str) -> tuple[int, int, str]:
+        net = ipaddress.ip_network(member.split(",")[0].split(" ")[0], strict=False)
+        return (int(net.network_address), net.prefixlen, member)
+    return tuple(sorted(members, key=key))
+
+
 def describe(ruleset: FirewallRuleset) -> str:
     """The ruleset as text, for golden files: sets with members, chains with rules, hooks."""
     lines = ["# sets"]
     for name, spec in ruleset.sets.items():
         lines.append(f"create {name} {spec.type}")
-        lines += [f"add {name} {member}" for member in spec.members]
+        lines += [f"add {name} {member}" for member in sorted_members(spec.members)]
     lines.append("# chains")
     for name, rules in ruleset.chains.items():
         lines.append(f":{name}")
