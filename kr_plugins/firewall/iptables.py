@@ -1,13 +1,16 @@
 """``firewall.iptables``: NetworkPolicy enforcement with iptables and ipsets, in the namespace kr runs in.
 
-Each sync compiles the desired state (``compile.compile_firewall``, pure), then programs the difference
+Each sync compiles the desired state (``compile.FirewallCompiler``: pure in what it returns, and
+cheap when little changed), then programs the difference
 from what it remembers programming:
 
-1. one ``ipset restore``: every new or changed set filled into ``<name>-tmp`` and swapped into place;
+1. one ``ipset restore``, fed while the compile runs (``SetLoader``): every new or changed set, as
+   edits when few members change, else filled into ``<name>-tmp`` and swapped into place;
 2. one ``iptables-restore --noflush``: declare (so replace whole) only new or changed chains, insert the
    hook jumps where missing, then flush and delete chains no longer wanted (their last referrers were
    rewritten earlier in the same commit);
-3. one ``ipset restore`` destroying sets no longer wanted (the kernel refuses while a rule uses them).
+3. ``ipset restore`` adding new pods' addresses to ``KR-FW-KNOWN`` (only now that their chains exist),
+   and destroying sets no longer wanted (the kernel refuses while a rule uses them).
 
 Invariants:
 - kr touches only chains named ``KR-FW`` or ``KR-FW-*`` and sets named ``KR-FW-*`` (plus the three hook
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -44,15 +47,14 @@ from kr_plugins.firewall.compile import (
     KNOWN_SET,
     PREFIX,
     TOP_CHAIN,
+    FirewallCompiler,
     FirewallRuleset,
     FirewallSettings,
     IPSetSpec,
     check_consistency,
-    compile_firewall,
-    member_key,
 )
 from kr_plugins.kernel import ipset
-from kr_plugins.kernel.command import run
+from kr_plugins.kernel.command import Feed, run
 from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
@@ -120,7 +122,7 @@ def parse_filter_save(lines: Iterable[str], hook_chains: Iterable[str]) -> Progr
 
 
 def parse_ipset_save(text: str) -> tuple[dict[str, IPSetSpec], list[str]]:
-    """kr's sets (type and sorted members) and its left-over temporary sets from ``ipset save``."""
+    """kr's sets (type and members) and its left-over temporary sets from ``ipset save``."""
     types: dict[str, str] = {}
     members: dict[str, list[str]] = {}
     for line in text.splitlines():
@@ -137,7 +139,7 @@ def parse_ipset_save(text: str) -> tuple[dict[str, IPSetSpec], list[str]]:
         if name.endswith(ipset.TEMP_SUFFIX):
             stray.append(name)
         else:
-            sets[name] = IPSetSpec(set_type, tuple(sorted(members[name], key=member_key)))
+            sets[name] = IPSetSpec(set_type, frozenset(members[name]))
     return sets, stray
 
 
@@ -176,12 +178,45 @@ def render_chains(ruleset: FirewallRuleset, programmed: Programmed, full_hooks: 
     return "\n".join([f"*{TABLE}", *body, "COMMIT", ""])
 
 
+class SetLoader:
+    """Loads each new or changed set into the kernel as the compiler produces it, through one
+    ``ipset restore`` fed while the compile goes on: the kernel's work overlaps Python's, so a sync
+    that writes many sets costs about the larger of the two, not their sum.
+
+    ``KR-FW-KNOWN`` is loaded shrunk to the addresses it already holds (removals are safe early: an
+    unknown address is rejected); the sync adds its new addresses only once the chains policing them
+    are in place, so a new pod is never briefly "known" without its policy.
+    """
+
+    def __init__(self, current: Mapping[str, IPSetSpec]) -> None:
+        self.current = current
+        self.loaded: dict[str, IPSetSpec] = {}  # what was written, per set
+        self._feed: Feed | None = None
+
+    def add(self, name: str, spec: IPSetSpec) -> None:
+        now = self.current.get(name)
+        if name == KNOWN_SET:
+            spec = IPSetSpec(spec.type, spec.members & now.members if now is not None else frozenset())
+        if spec == now:
+            return
+        if self._feed is None:
+            self._feed = ipset.restore_feed()
+        self._feed.write(render_sets({name: spec}, [name], self.current))
+        self.loaded[name] = spec
+
+    def close(self) -> None:
+        """Wait until everything written is loaded; raise if ``ipset restore`` failed."""
+        if self._feed is not None:
+            self._feed.close()
+
+
 # --- the backend
 
 
 class IptablesFirewall(Backend):
     def __init__(self, context: BackendContext) -> None:
         self.settings = firewall_settings(context.config.options)
+        self._compiler = FirewallCompiler(self.settings)
         self._flavour: Flavour | None = None
         self._programmed: Programmed | None = None  # None: unknown, re-read the kernel before trusting it
 
@@ -192,41 +227,38 @@ class IptablesFirewall(Backend):
             log.info("firewall: using iptables-%s", self._flavour.value)
         return self._flavour
 
+    def start(self) -> None:
+        """Detect the iptables flavour now, so missing tools fail the start, not the first sync."""
+        log.debug("firewall starting with iptables-%s", self.flavour.value)
+
     def sync(self, desired: DesiredState, *, full: bool, changed: ChangeSet) -> None:
-        ruleset = compile_firewall(desired, self.settings)
-        check_consistency(ruleset)
         iptables = IptablesRestore(self.flavour)
         reread = full or self._programmed is None
-        programmed = self._read_kernel(iptables) if reread else self._programmed
+        programmed = self._read_kernel() if reread else self._programmed
         assert programmed is not None
         self._programmed = None  # until this sync has succeeded
-        new_sets = [name for name, spec in ruleset.sets.items() if programmed.sets.get(name) != spec]
-        # A pod address joins KR-FW-KNOWN only once the chains policing it are in place, so a new pod is
-        # never briefly "known" without its policy: first the sets with KNOWN shrunk to the addresses it
-        # keeps (removals are safe early: unknown means rejected), then the chains, then KNOWN in full.
-        before_chains = dict(ruleset.sets)
-        if KNOWN_SET in new_sets:
-            kept = set(programmed.sets[KNOWN_SET].members) if KNOWN_SET in programmed.sets else set()
-            known = ruleset.sets[KNOWN_SET]
-            before_chains[KNOWN_SET] = replace(
-                known, members=tuple(m for m in known.members if m in kept))
-        if new_sets:
-            ipset.restore(render_sets(before_chains, new_sets, programmed.sets))
+        loader = SetLoader(programmed.sets)
+        try:
+            ruleset = self._compiler.compile(desired, on_set=loader.add)
+        finally:
+            loader.close()
+        check_consistency(ruleset)
         text = render_chains(ruleset, programmed, full_hooks=reread)
         if text is not None:
             iptables.restore(text)
-        if KNOWN_SET in new_sets and before_chains[KNOWN_SET] != ruleset.sets[KNOWN_SET]:
-            ipset.restore(render_sets(ruleset.sets, [KNOWN_SET], before_chains))
+        known = loader.loaded.get(KNOWN_SET, programmed.sets.get(KNOWN_SET))
+        if known != ruleset.sets[KNOWN_SET]:
+            ipset.restore(render_sets(ruleset.sets, [KNOWN_SET], {KNOWN_SET: known} if known else {}))
         stale_sets = [name for name in programmed.sets if name not in ruleset.sets] + programmed.stray_sets
         if stale_sets:
             ipset.restore("".join(f"destroy {name}\n" for name in stale_sets))
         stale_chains = sum(name not in ruleset.chains for name in programmed.chains)
         changed_chains = sum(programmed.chains.get(n) != r for n, r in ruleset.chains.items())
         log.debug("firewall sync (full=%s): %d set(s) written, %d chain(s) written, %d chain(s) and %d set(s) "
-                  "removed", reread, len(new_sets), changed_chains, stale_chains, len(stale_sets))
+                  "removed", reread, len(loader.loaded), changed_chains, stale_chains, len(stale_sets))
         self._programmed = Programmed(chains=dict(ruleset.chains), sets=dict(ruleset.sets))
 
-    def _read_kernel(self, iptables: IptablesRestore) -> Programmed:
+    def _read_kernel(self) -> Programmed:
         save = run([self.flavour.save_command, "-t", TABLE])
         state = parse_filter_save(table_lines(save, TABLE), HOOK_CHAINS)
         state.sets, state.stray_sets = parse_ipset_save(run(["ipset", "save"]))

@@ -1,7 +1,8 @@
 """Running the kernel's command-line tools (iptables-restore, ipset, ...) with input, failing loudly.
 
 Invariant: a tool that is missing, times out or exits non-zero raises ``CommandError`` naming the
-command and quoting its stderr; nothing is retried here (the agent retries whole syncs).
+command and quoting its stderr; nothing is retried here (the agent retries whole syncs). A ``Feed``
+raises the same way, from ``close``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import IO
 
 #: Tools print parseable, untranslated output in the C locale.
 _ENV = {**os.environ, "LC_ALL": "C"}
@@ -34,3 +36,39 @@ def run(argv: Sequence[str], input_text: str | None = None, timeout: float = 60.
     if done.returncode != 0:
         raise CommandError(f"{' '.join(argv)} failed with exit code {done.returncode}: {done.stderr.strip()}")
     return done.stdout
+
+
+class Feed:
+    """A tool started now that reads its input while the caller is still producing it: the tool's work
+    (in its own process, on another core) overlaps the caller's. ``close`` ends the input and waits."""
+
+    def __init__(self, argv: Sequence[str], timeout: float = 60.0) -> None:
+        self._argv = list(argv)
+        self._timeout = timeout
+        self._stopped_early = False
+        try:
+            self._process = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True, env=_ENV)
+        except FileNotFoundError as exc:
+            raise ToolMissing(f"{argv[0]} not found: install it (scripts/setup.sh does)") from exc
+
+    def write(self, text: str) -> None:
+        stdin: IO[str] | None = self._process.stdin
+        if self._stopped_early or stdin is None:
+            return
+        try:
+            stdin.write(text)
+        except BrokenPipeError:  # the tool exited (an error): close() reports it
+            self._stopped_early = True
+
+    def close(self) -> None:
+        """End the input, wait for the tool, and raise ``CommandError`` if it failed."""
+        try:
+            _, stderr = self._process.communicate(timeout=self._timeout)
+        except subprocess.TimeoutExpired as exc:
+            self._process.kill()
+            self._process.communicate()
+            raise CommandError(f"{' '.join(self._argv)} did not finish within {self._timeout:.0f} s") from exc
+        if self._process.returncode != 0:
+            raise CommandError(f"{' '.join(self._argv)} failed with exit code {self._process.returncode}: "
+                               f"{stderr.strip()}")

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,11 @@ def detect_flavour() -> Flavour:
 # --- restore text: ownership and removal
 
 
+_OWN_CHAIN_COMMANDS = frozenset({"-A", "-I", "-D", "-R", "-F", "-X", "-Z"})
+#: A chain name made of plain characters, ending the line or followed by a space.
+_WORD_END = re.compile(r"[A-Za-z0-9_.:-]+(?: |$)")
+
+
 def check_owned(text: str) -> None:
     """Raise ``OwnershipError`` unless ``text`` touches only kr chains and jumps into them."""
     for number, line in enumerate(text.splitlines(), 1):
@@ -121,9 +127,12 @@ def check_owned(text: str) -> None:
             if not chain.startswith(OWNED_PREFIX):
                 raise OwnershipError(f"line {number}: declares chain {chain}, which kr does not own: {line}")
             continue
+        command, _, rest = line.partition(" ")
+        if command in _OWN_CHAIN_COMMANDS and rest.startswith(OWNED_PREFIX) and _WORD_END.match(rest):
+            continue  # a command on a kr chain (its name is a plain word: no quoting to undo)
         words = shlex.split(line)
         command, chain = words[0], words[1] if len(words) > 1 else ""
-        if chain.startswith(OWNED_PREFIX) and command in ("-A", "-I", "-D", "-R", "-F", "-X", "-Z"):
+        if chain.startswith(OWNED_PREFIX) and command in _OWN_CHAIN_COMMANDS:
             continue
         target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
         if command in ("-A", "-I", "-D") and target.startswith(OWNED_PREFIX):

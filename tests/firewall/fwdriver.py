@@ -26,6 +26,7 @@ def main() -> int:
         options, actions = pickle.load(stream)
     config = AgentConfig(node_name="node-a", plugins=("firewall.iptables",), options=options)
     backend = IptablesFirewall(BackendContext(config, lambda: None))
+    backend.start()
     failed = False
     for action, arg in actions:
         started = time.monotonic()

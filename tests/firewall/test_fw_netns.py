@@ -117,3 +117,45 @@ def test_idempotent_owned_and_cleanup(lab: FwLab) -> None:
     assert lab.kr_save() == "" and lab.kr_save("legacy") == "" and lab.kr_sets() == []
     assert "FOREIGN" in lab.ex(n, "iptables", "-S", "FORWARD") and "foreign" in lab.ex(n, "ipset", "list", "-n")
     print(f"12 syncs in one process: {elapsed:.2f} s, per sync ms: {[r['ms'] for r in results]}")
+
+
+def test_large_sets_are_sized_reused_and_edited(lab: FwLab) -> None:
+    """A set of 3,000 members is created with room for them (hashsize), a full resync of the same
+    state writes nothing, a leftover temporary set (a crash mid-swap) with another hash size is reused,
+    and one pod more is one edit, not a new set."""
+    many = [pod(f"y/m{i}", f"10.250.{i // 250}.{i % 250 + 1}", node="node-b", app="m") for i in range(3000)]
+    from_y = policy("x/from-y", sel(app="a"), ingress=[rule([peer(namespaces=sel(team="y"))])])
+    lab.sync(desired(from_y, pods=ALL_PODS + many))
+    (big,) = [name for name in lab.kr_sets() if name.startswith("KR-FW-S-")]
+    header = lab.ex(lab.node, "ipset", "list", "-t", big)
+    assert "Number of entries: 3002" in header and "hashsize 4096" in header
+    lab.sync(desired(from_y, pods=ALL_PODS + many))
+    assert "0 set(s) written, 0 chain(s) written" in lab.last_stderr
+    lab.ex(lab.node, "ipset", "create", f"{big}-tmp", "hash:ip", "family", "inet")
+    one_more = ALL_PODS + many + [pod("y/late", "10.250.99.1", node="node-b")]
+    lab.sync(desired(from_y, pods=one_more), full=False)
+    assert "Number of entries: 3003" in lab.ex(lab.node, "ipset", "list", "-t", big)
+    lab.sync(desired(from_y, pods=one_more))  # full: the stray temporary set goes
+    assert f"{big}-tmp" not in lab.kr_sets() and "0 chain(s) written" in lab.last_stderr
+    assert lab.check("remote", "tcp", A) and not lab.check("b", "tcp", A)
+
+
+def test_a_node_on_iptables_legacy_is_policed_there(lab: FwLab) -> None:
+    """kubelet's canary chain in iptables-legacy makes kr write its firewall there, and only there: the
+    policy holds on real traffic, a full resync finds legacy's save form equal to kr's and writes
+    nothing, and cleanup empties legacy's filter table of kr again."""
+    lab.ex(lab.node, "iptables-legacy", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY")
+    deny_a = policy("x/deny-a", sel(app="a"), ingress=[])
+    from_c = policy("x/from-c", sel(app="a"), ingress=[rule([peer(sel(app="c"), sel(team="y"))], [port(80)])])
+    lab.sync(desired(deny_a, from_c))
+    assert "iptables-legacy" in lab.last_stderr
+    assert "-j KR-FW" in lab.kr_save("legacy") and lab.kr_save("nft") == ""
+    assert not lab.check("b", "tcp", A) and not lab.check("remote", "udp", A)
+    assert lab.check("c", "tcp", A) and not lab.check("c", "tcp", A, 81)
+    assert lab.check("node", "tcp", A) and lab.check("a", "tcp", B)
+    lab.sync(desired(deny_a, from_c))
+    assert "0 set(s) written, 0 chain(s) written" in lab.last_stderr
+    lab.backend(("cleanup", None))
+    assert lab.kr_save("legacy") == "" and lab.kr_sets() == []
+    assert "KUBE-KUBELET-CANARY" in lab.ex(lab.node, "iptables-legacy-save", "-t", "mangle")
+    assert lab.check("b", "tcp", A)
