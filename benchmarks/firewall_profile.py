@@ -25,7 +25,7 @@ from firewall_scale import NODE, generate, snapshot_of
 from kr_core.desired import build_desired_state
 from kr_plugins.firewall.compile import check_consistency, compile_firewall
 from kr_plugins.firewall.iptables import Programmed, render_chains, render_sets
-from kr_plugins.kernel.iptables import check_owned
+from kr_plugins.kernel.iptables import TableState, check_owned
 
 
 def steps(snapshot):
@@ -40,13 +40,13 @@ def steps(snapshot):
     check_consistency(ruleset)
     timings["check_consistency"] = time.perf_counter() - t
     t = time.perf_counter()
-    unchanged = Programmed(chains=dict(ruleset.chains), sets=dict(ruleset.sets))
+    unchanged = Programmed(TableState(dict(ruleset.chains)), dict(ruleset.sets))
     [n for n, s in ruleset.sets.items() if unchanged.sets.get(n) != s]
-    render_chains(ruleset, unchanged, full_hooks=False)
+    render_chains(ruleset, unchanged)
     timings["diff (partial, nothing changed)"] = time.perf_counter() - t
     t = time.perf_counter()
     sets_text = render_sets(ruleset.sets, list(ruleset.sets), {})
-    chains_text = render_chains(ruleset, Programmed(), full_hooks=True)
+    chains_text = render_chains(ruleset, Programmed(TableState(hook_fixes={hook: [] for hook in ruleset.hooks})))
     timings["render all (full, empty kernel)"] = time.perf_counter() - t
     t = time.perf_counter()
     check_owned(chains_text)

@@ -45,6 +45,7 @@ from kr_core.model import (
     to_jsonable,
 )
 from kr_core.selectors import FrozenMap
+from kr_plugins.kernel.iptables import save_string
 
 PREFIX = "KR-FW"
 TOP_CHAIN = "KR-FW"
@@ -136,11 +137,6 @@ def policy_chain(direction: PolicyType, policy: NetworkPolicy) -> str:
 
 def ipv4s(pod: Pod) -> tuple[str, ...]:
     return tuple(ip for ip in pod.ips if ":" not in ip)
-
-
-def _quote(text: str) -> str:
-    """Quote as ``iptables-save`` does (kr's texts contain no quotes or backslashes)."""
-    return f'"{text}"' if re.search(r"[\s\"'\\]", text) else text
 
 
 def _mark(bit: int) -> str:
@@ -387,7 +383,7 @@ class FirewallCompiler:
         if self.settings.nflog_group:
             prefix = f"kr-fw {log_prefix}"[:_NFLOG_PREFIX_MAX]
             rules.append(f"-m limit --limit {normalize_rate(self.settings.log_rate)} -j NFLOG "
-                         f"--nflog-prefix {_quote(prefix)} --nflog-group {self.settings.nflog_group}")
+                         f"--nflog-prefix {save_string(prefix)} --nflog-group {self.settings.nflog_group}")
         rules.append(f"-j {REJECT_CHAIN}")
         return rules
 

@@ -17,7 +17,8 @@ Invariants:
   jumps into ``KR-FW``); ``IptablesRestore`` refuses anything else;
 - a full sync (or the first one, or the one after a failure) re-reads the kernel (one ``iptables-save``
   of the filter table, one ``ipset save``) and converges: a chain or set that differs from the wanted one
-  is rewritten, a hook that is missing, duplicated or not first is fixed; a partial sync trusts memory;
+  is rewritten, a hook that is missing, duplicated or behind another tool's rule is fixed; a partial
+  sync trusts memory;
 - the rule specs are in ``iptables-save``'s own form, so an unchanged chain is never rewritten and its
   counters (rejected packets) survive syncs;
 - the iptables flavour is detected once per backend and kept; ``cleanup`` removes kr's firewall from
@@ -43,24 +44,26 @@ from kr_core.errors import KrError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.firewall.compile import (
-    HOOK_CHAINS,
     KNOWN_SET,
     PREFIX,
-    TOP_CHAIN,
     FirewallCompiler,
     FirewallRuleset,
     FirewallSettings,
     IPSetSpec,
     check_consistency,
+    hooks,
 )
 from kr_plugins.kernel import ipset
 from kr_plugins.kernel.command import Feed, run
 from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
+    TableState,
     detect_flavour,
-    jumps_into,
+    parse_table_save,
     remove_owned_chains,
+    render_table,
+    restore_text,
     table_lines,
 )
 
@@ -95,30 +98,9 @@ def firewall_settings(options: Mapping[str, Any]) -> FirewallSettings:
 class Programmed:
     """kr's firewall as the kernel holds it (or as kr last programmed it)."""
 
-    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    table: TableState = field(default_factory=TableState)
     sets: dict[str, IPSetSpec] = field(default_factory=dict)
-    #: hook chain -> its saved rules jumping into KR-FW, and its first saved rule
-    hook_jumps: dict[str, list[str]] = field(default_factory=dict)
-    hook_first: dict[str, str] = field(default_factory=dict)
     stray_sets: list[str] = field(default_factory=list)  # temporary sets a crash left behind
-
-
-def parse_filter_save(lines: Iterable[str], hook_chains: Iterable[str]) -> Programmed:
-    """kr's chains and the hook chains' jumps into ``KR-FW`` from the filter table's save lines."""
-    lines = list(lines)
-    state = Programmed()
-    for line in lines:
-        if line.startswith(":") and owned_chain(line[1:].split(" ", 1)[0]):
-            state.chains[line[1:].split(" ", 1)[0]] = ()
-    for line in lines:
-        if line.startswith("-A "):
-            chain, _, spec = line[3:].partition(" ")
-            if chain in state.chains:
-                state.chains[chain] += (spec,)
-    for hook in hook_chains:
-        state.hook_jumps[hook] = [line for line in jumps_into(lines, TOP_CHAIN) if line.split(" ", 2)[1] == hook]
-        state.hook_first[hook] = next((line for line in lines if line.startswith(f"-A {hook} ")), "")
-    return state
 
 
 def parse_ipset_save(text: str) -> tuple[dict[str, IPSetSpec], list[str]]:
@@ -158,24 +140,9 @@ def render_sets(wanted: Mapping[str, IPSetSpec], names: Iterable[str], current: 
     return "".join(parts)
 
 
-def render_chains(ruleset: FirewallRuleset, programmed: Programmed, full_hooks: bool) -> str | None:
+def render_chains(ruleset: FirewallRuleset, programmed: Programmed) -> str | None:
     """``iptables-restore --noflush`` input bringing ``programmed`` to ``ruleset``, or None if equal."""
-    changed = [name for name, rules in ruleset.chains.items() if programmed.chains.get(name) != rules]
-    stale = [name for name in programmed.chains if name not in ruleset.chains]
-    body = [f":{name} - [0:0]" for name in changed]
-    body += [f"-A {name} {rule}" for name in changed for rule in ruleset.chains[name]]
-    if full_hooks:
-        for chain, spec in ruleset.hooks:
-            jumps = programmed.hook_jumps.get(chain, [])
-            wanted = f"-A {chain} {spec}"
-            if jumps == [wanted] and programmed.hook_first.get(chain) == wanted:
-                continue
-            body += [f"-D {line[3:]}" for line in jumps]
-            body.append(f"-I {chain} 1 {spec}")
-    body += [f"-F {name}" for name in stale] + [f"-X {name}" for name in stale]
-    if not body:
-        return None
-    return "\n".join([f"*{TABLE}", *body, "COMMIT", ""])
+    return restore_text({TABLE: render_table(TABLE, ruleset.chains, ruleset.hooks, programmed.table)})
 
 
 class SetLoader:
@@ -243,7 +210,7 @@ class IptablesFirewall(Backend):
         finally:
             loader.close()
         check_consistency(ruleset)
-        text = render_chains(ruleset, programmed, full_hooks=reread)
+        text = render_chains(ruleset, programmed)
         if text is not None:
             iptables.restore(text)
         known = loader.loaded.get(KNOWN_SET, programmed.sets.get(KNOWN_SET))
@@ -252,17 +219,16 @@ class IptablesFirewall(Backend):
         stale_sets = [name for name in programmed.sets if name not in ruleset.sets] + programmed.stray_sets
         if stale_sets:
             ipset.restore("".join(f"destroy {name}\n" for name in stale_sets))
-        stale_chains = sum(name not in ruleset.chains for name in programmed.chains)
-        changed_chains = sum(programmed.chains.get(n) != r for n, r in ruleset.chains.items())
+        stale_chains = sum(name not in ruleset.chains for name in programmed.table.chains)
+        changed_chains = sum(programmed.table.chains.get(n) != r for n, r in ruleset.chains.items())
         log.debug("firewall sync (full=%s): %d set(s) written, %d chain(s) written, %d chain(s) and %d set(s) "
                   "removed", reread, len(loader.loaded), changed_chains, stale_chains, len(stale_sets))
-        self._programmed = Programmed(chains=dict(ruleset.chains), sets=dict(ruleset.sets))
+        self._programmed = Programmed(TableState(dict(ruleset.chains)), dict(ruleset.sets))
 
     def _read_kernel(self) -> Programmed:
         save = run([self.flavour.save_command, "-t", TABLE])
-        state = parse_filter_save(table_lines(save, TABLE), HOOK_CHAINS)
-        state.sets, state.stray_sets = parse_ipset_save(run(["ipset", "save"]))
-        return state
+        sets, stray = parse_ipset_save(run(["ipset", "save"]))
+        return Programmed(parse_table_save(table_lines(save, TABLE), owned_chain, hooks()), sets, stray)
 
     def cleanup(self) -> None:
         failures = remove_owned_chains(TABLE, owned_chain)

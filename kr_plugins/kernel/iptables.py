@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from kr_plugins.kernel.command import CommandError, ToolMissing, run
@@ -112,6 +112,7 @@ def detect_flavour() -> Flavour:
 # --- restore text: ownership and removal
 
 
+_BARE_STRING = re.compile(r"[A-Za-z0-9_-]+")
 _OWN_CHAIN_COMMANDS = frozenset({"-A", "-I", "-D", "-R", "-F", "-X", "-Z"})
 #: A chain name made of plain characters, ending the line or followed by a space.
 _WORD_END = re.compile(r"[A-Za-z0-9_.:-]+(?: |$)")
@@ -178,6 +179,83 @@ def render_removal(table: str, lines: Sequence[str], chains: Collection[str]) ->
     body = [f"-D {line[3:]}" for line in jumps]
     body += [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
     return "\n".join([f"*{table}", *body, "COMMIT", ""])
+
+
+# --- what kr programmed in one table, and the restore text that changes it
+
+
+@dataclass(slots=True)
+class TableState:
+    """kr's chains in one table (as the kernel holds them, or as kr last wrote them), and the hooks
+    that are not in place: hook (built-in chain, rule spec) -> the saved jumps to delete before
+    inserting it. A hook is in place when its chain holds exactly one jump to the hook's target, equal
+    to the spec, with only jumps into kr chains before it (so backends hooking one chain coexist)."""
+
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hook_fixes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+
+def jump_target(spec: str) -> str:
+    """The chain or target a rule spec jumps to ("" if none)."""
+    words = shlex.split(spec)
+    return words[words.index("-j") + 1] if "-j" in words[:-1] else ""
+
+
+def parse_table_save(lines: Sequence[str], owned: Callable[[str], bool],
+                     hooks: Iterable[tuple[str, str]]) -> TableState:
+    """kr's chains (those ``owned`` accepts) and the state of ``hooks`` from one table's save lines."""
+    state = TableState()
+    for line in lines:
+        if line.startswith(":") and owned(line[1:].split(" ", 1)[0]):
+            state.chains[line[1:].split(" ", 1)[0]] = ()
+    rules: dict[str, list[str]] = {}
+    for line in lines:
+        if line.startswith("-A "):
+            chain, _, spec = line[3:].partition(" ")
+            if chain in state.chains:
+                state.chains[chain] += (spec,)
+            else:
+                rules.setdefault(chain, []).append(line)
+    for chain, spec in hooks:
+        target, wanted = jump_target(spec), f"-A {chain} {spec}"
+        present = rules.get(chain, [])
+        jumps = [line for line in present if jump_target(line) == target]
+        in_place = jumps == [wanted] and all(
+            jump_target(line).startswith(OWNED_PREFIX) for line in present[:present.index(wanted)])
+        if not in_place:
+            state.hook_fixes[(chain, spec)] = jumps
+    return state
+
+
+def render_table(table: str, chains: Mapping[str, tuple[str, ...]], hooks: Iterable[tuple[str, str]],
+                 state: TableState) -> list[str]:
+    """Restore lines (without ``*table``/``COMMIT``) taking ``state`` to ``chains`` and ``hooks``: declare
+    (so replace whole) only new or changed chains, put hooks that are not in place first, then flush
+    and delete chains no longer wanted (their referrers were rewritten earlier in the same commit)."""
+    changed = [name for name, rules in chains.items() if state.chains.get(name) != rules]
+    stale = [name for name in state.chains if name not in chains]
+    body = [f":{name} - [0:0]" for name in changed]
+    body += [f"-A {name} {rule}" for name in changed for rule in chains[name]]
+    for hook in hooks:
+        if hook in state.hook_fixes:
+            body += [f"-D {line[3:]}" for line in state.hook_fixes[hook]]
+            body.append(f"-I {hook[0]} 1 {hook[1]}")
+    body += [f"-F {name}" for name in stale] + [f"-X {name}" for name in stale]
+    return body
+
+
+def restore_text(tables: Mapping[str, list[str]]) -> str | None:
+    """One ``iptables-restore`` input committing each table's lines, or None when there are none."""
+    sections = [f"*{table}\n" + "".join(f"{line}\n" for line in body) + "COMMIT\n"
+                for table, body in tables.items() if body]
+    return "".join(sections) or None
+
+
+def save_string(text: str) -> str:
+    """``text`` as ``iptables-save`` prints a string argument (a comment, a log prefix): bare when it
+    is made of letters, digits, ``_`` and ``-`` only, else in double quotes (kr's texts hold no
+    quotes or backslashes)."""
+    return text if _BARE_STRING.fullmatch(text) else f'"{text}"'
 
 
 # --- running

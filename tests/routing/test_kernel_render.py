@@ -125,3 +125,23 @@ def test_small_set_changes_are_edits_large_ones_swaps() -> None:
     nets = render_update("B", "hash:net", ["10.0.0.0/8", "10.1.0.0/16 nomatch"] + [f"11.{i}.0.0/16" for i in range(40)],
                          ["10.0.0.0/8", "10.2.0.0/16 nomatch"] + [f"11.{i}.0.0/16" for i in range(40)])
     assert nets == "del B 10.2.0.0/16 -exist\nadd B 10.1.0.0/16 nomatch -exist\n"
+
+
+def test_table_state_hooks_coexist_with_other_kr_hooks_but_not_behind_foreign_rules() -> None:
+    from kr_plugins.kernel.iptables import parse_table_save, render_table, restore_text, save_string
+
+    hook = ("FORWARD", "-j KR-B")
+    owned = lambda name: name.startswith("KR-B")  # noqa: E731
+    base = [":KR-B - [0:0]", "-A KR-B -j RETURN"]
+    behind_kr = parse_table_save(base + ["-A FORWARD -j KR-A", "-A FORWARD -j KR-B", "-A FORWARD -j DROP"], owned, [hook])
+    assert behind_kr.hook_fixes == {} and behind_kr.chains == {"KR-B": ("-j RETURN",)}
+    behind_foreign = parse_table_save(base + ["-A FORWARD -j ACCEPT", "-A FORWARD -j KR-B"], owned, [hook])
+    assert behind_foreign.hook_fixes == {hook: ["-A FORWARD -j KR-B"]}
+    doubled = parse_table_save(base + ["-A FORWARD -j KR-B", "-A FORWARD -s 10.0.0.0/8 -j KR-B"], owned, [hook])
+    assert render_table("filter", {"KR-B": ("-j RETURN",)}, [hook], doubled) == [
+        "-D FORWARD -j KR-B", "-D FORWARD -s 10.0.0.0/8 -j KR-B", "-I FORWARD 1 -j KR-B"]
+    missing = parse_table_save([], owned, [hook])
+    assert restore_text({"filter": render_table("filter", {"KR-B": ()}, [hook], missing), "nat": []}) == (
+        "*filter\n:KR-B - [0:0]\n-I FORWARD 1 -j KR-B\nCOMMIT\n")
+    assert restore_text({"nat": []}) is None
+    assert [save_string(t) for t in ("abc-d_E9", "a/b", "kr: x")] == ["abc-d_E9", '"a/b"', '"kr: x"']
