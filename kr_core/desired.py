@@ -6,24 +6,30 @@ kube-proxy's selection and defaulting rules so that no backend has to.
 
 Invariants:
 - Pure: the result depends only on the arguments; the only side effects are logging and caches that
-  never change a result: parsed IP addresses, and per kind the record parsed from each object (reused
+  never change a result: parsed IP addresses; per kind the record parsed from each object (reused
   while the cache holds the very same object; ``prepare`` fills it as objects arrive, so a sync rarely
-  parses at all).
+  parses at all); and per service its ports with their endpoints, reused while the service's record,
+  its parsed slices (the same objects in the same order) and the node name are those of the last
+  build. So an unchanged service yields the very same ``ServicePort`` objects from one build to the
+  next, and a backend may key its own memos on their identity.
 - A malformed object is skipped with exactly one warning naming its kind, key and the reason, and the
   rest of the state is still built. A malformed service port skips only that port.
 - Deliberate exclusions (headless, ExternalName, another proxy's services, FQDN slices, finished pods)
   are not errors and are logged at debug level only.
-- Linear in the size of the snapshot: EndpointSlices are parsed once and indexed by service, and each
-  service port only looks at its own service's slices.
+- Linear in the size of the snapshot, and otherwise in what changed: a build walks every key once, but
+  parses only new objects and resolves endpoints only for services whose record, slices or node changed.
+  Each service port only looks at its own service's slices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
+import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, TypeVar
@@ -78,13 +84,8 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
     proxied only when the label equals ``proxy_name`` (so never when it is None), as in kube-proxy.
     """
     nodes: list[Node] = _MEMOS["nodes"].parse(snapshot.get("nodes") or {})
-    slices = _index_endpoint_slices(snapshot)
-    service_ports = _parse_each(
-        snapshot,
-        "services",
-        "Service",
-        lambda key, obj: _parse_service(key, obj, slices, node_name, proxy_name),
-    )
+    slices = _index_endpoint_slices(snapshot.get("endpointslices") or {})
+    service_ports = _SERVICES.build(snapshot.get("services") or {}, slices, node_name, proxy_name)
     pods: list[Pod] = _MEMOS["pods"].parse(snapshot.get("pods") or {})
     namespaces: list[Namespace] = _MEMOS["namespaces"].parse(snapshot.get("namespaces") or {})
     policies: list[NetworkPolicy] = _MEMOS["networkpolicies"].parse(snapshot.get("networkpolicies") or {})
@@ -93,7 +94,7 @@ def build_desired_state(snapshot: Snapshot, node_name: str, proxy_name: str | No
         node_name=node_name,
         node=next((n for n in nodes if n.name == node_name), None),
         nodes=tuple(nodes),
-        services=tuple(sorted((p for ports in service_ports for p in ports), key=lambda p: p.key)),
+        services=tuple(sorted(service_ports, key=lambda p: p.key)),
         pods=tuple(sorted(pods, key=lambda p: (p.namespace, p.name))),
         namespaces=tuple(sorted(namespaces, key=lambda n: n.name)),
         policies=tuple(sorted(policies, key=lambda p: (p.namespace, p.name))),
@@ -104,8 +105,8 @@ def prepare(kind: str, key: str, obj: Mapping[str, Any] | None) -> None:
     """Parse ``obj`` (the cache's new object for ``kind``/``key``, None when deleted) ahead of the next
     build, as kube-proxy's change trackers convert objects when they arrive: the agent calls this from
     the watcher's thread, so a sync finds the record ready instead of parsing. A build parses whatever
-    was not prepared itself, so this never changes a result. Kinds whose parse depends on other objects
-    (services, EndpointSlices) are not prepared."""
+    was not prepared itself, so this never changes a result. Services are not prepared: what they
+    parse to depends on the build's ``proxy_name``, and their endpoints on the slices."""
     memo = _MEMOS.get(kind)
     if memo is not None:
         memo.prepare(key, obj)
@@ -160,8 +161,9 @@ class _ParseMemo:
 
 
 def _resource_version(obj: object) -> object:
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    return meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    # Runs for every object on every build: test for a dict (what JSON gives) before the slower ABC check.
+    meta = obj.get("metadata") if type(obj) is dict or isinstance(obj, Mapping) else None
+    return meta.get("resourceVersion") if type(meta) is dict or isinstance(meta, Mapping) else None
 
 
 def _parse_one(key: str, obj: object, label: str, parse: Callable[[str, Mapping[str, Any]], T | None]) -> object:
@@ -173,19 +175,6 @@ def _parse_one(key: str, obj: object, label: str, parse: Callable[[str, Mapping[
     except _Malformed as exc:
         log.warning("skipping %s %s: %s", label, key, exc)
         return exc
-
-
-def _parse_each(
-    snapshot: Snapshot, kind: str, label: str, parse: Callable[[str, Mapping[str, Any]], T | None],
-) -> list[T]:
-    """Parse every object of ``kind`` in key order, skipping (and logging) malformed ones."""
-    objects = snapshot.get(kind) or {}
-    parsed: list[T] = []
-    for key in sorted(objects):
-        outcome = _parse_one(key, objects[key], label, parse)
-        if outcome is not None and not isinstance(outcome, _Malformed):
-            parsed.append(outcome)  # type: ignore[arg-type]
-    return parsed
 
 
 # --- services
@@ -209,16 +198,11 @@ class _Slice:
     endpoints: tuple[_SliceEndpoint, ...]
 
 
-def _index_endpoint_slices(snapshot: Snapshot) -> dict[tuple[str, str], list[_Slice]]:
-    """Parse every EndpointSlice once, grouped by ``(namespace, service name)``, in slice key order."""
+def _index_endpoint_slices(objects: Mapping[str, Any]) -> dict[tuple[str, str], list[_Slice]]:
+    """Every EndpointSlice's parse (memoized), grouped by ``(namespace, service name)``, in slice key order."""
     by_service: dict[tuple[str, str], list[_Slice]] = {}
-
-    def parse(key: str, obj: Mapping[str, Any]) -> None:
-        parsed = _parse_slice(key, obj)
-        if parsed is not None:
-            by_service.setdefault(parsed[0], []).append(parsed[1])
-
-    _parse_each(snapshot, "endpointslices", "EndpointSlice", parse)
+    for service, slice_ in _MEMOS["endpointslices"].parse(objects):
+        by_service.setdefault(service, []).append(slice_)
     return by_service
 
 
@@ -313,13 +297,85 @@ def _endpoints(
     )
 
 
-def _parse_service(
-    key: str,
-    obj: Mapping[str, Any],
-    slices: Mapping[tuple[str, str], list[_Slice]],
-    node_name: str,
-    proxy_name: str | None,
-) -> list[ServicePort] | None:
+@dataclass(frozen=True, slots=True)
+class _Service:
+    """What a Service object parses to on its own: its ports, with no endpoints yet."""
+
+    namespace: str
+    name: str
+    ports: tuple[ServicePort, ...]
+
+
+_NO_SLICES: tuple[_Slice, ...] = ()
+
+
+class _ServiceMemo:
+    """The ports of each service, kept from one build to the next, in two stages so that each is redone
+    only when its own inputs changed:
+
+    1. The Service object alone parses to a :class:`_Service` through a :class:`_ParseMemo`, so a new
+       record comes only with a new object, and a malformed service or port is logged once per version
+       however often its slices change. Whether a service is ours depends on ``proxy_name``, so a build
+       with another ``proxy_name`` than the last one starts this stage afresh.
+    2. The record's ports with endpoints from its slices are reused while the record, its slices (the
+       same ``_Slice`` objects in the same order; a slice's record is new exactly when its object is)
+       and ``node_name`` are those of the last build.
+
+    Entries of services that left the snapshot are dropped at each build.
+    """
+
+    def __init__(self) -> None:
+        self._proxy_name: str | None = None
+        self._records = self._record_memo(None)
+        # (namespace, name) -> (record, its slices, node_name, its ports with endpoints)
+        self._ports: dict[tuple[str, str], tuple[_Service, Sequence[_Slice], str, tuple[ServicePort, ...]]] = {}
+
+    @staticmethod
+    def _record_memo(proxy_name: str | None) -> _ParseMemo:
+        return _ParseMemo("Service", functools.partial(_parse_service, proxy_name=proxy_name))
+
+    def build(
+        self,
+        objects: Mapping[str, Any],
+        slices: Mapping[tuple[str, str], list[_Slice]],
+        node_name: str,
+        proxy_name: str | None,
+    ) -> list[ServicePort]:
+        """Every port of every proxied service in ``objects``, services in key order."""
+        if proxy_name != self._proxy_name:
+            self._proxy_name = proxy_name
+            self._records = self._record_memo(proxy_name)
+        last_ports = self._ports
+        fresh: dict[tuple[str, str], tuple[_Service, Sequence[_Slice], str, tuple[ServicePort, ...]]] = {}
+        ports: list[ServicePort] = []
+        for record in self._records.parse(objects):
+            name = (record.namespace, record.name)
+            service_slices = slices.get(name, _NO_SLICES)
+            last = last_ports.get(name)
+            if (
+                last is None
+                or last[0] is not record
+                or last[2] != node_name
+                or len(last[1]) != len(service_slices)
+                or not all(map(operator.is_, last[1], service_slices))
+            ):
+                last = (record, service_slices, node_name, _with_endpoints(record, service_slices, node_name))
+            fresh[name] = last
+            ports.extend(last[3])
+        self._ports = fresh
+        return ports
+
+
+def _with_endpoints(record: _Service, slices: Sequence[_Slice], node_name: str) -> tuple[ServicePort, ...]:
+    if not slices:
+        return record.ports  # no endpoints to add: the record's ports are the result
+    return tuple(
+        dataclasses.replace(port, endpoints=_endpoints(port.port_name, port.protocol, slices, node_name))
+        for port in record.ports
+    )
+
+
+def _parse_service(key: str, obj: Mapping[str, Any], proxy_name: str | None) -> _Service | None:
     namespace, name, labels, annotations = _metadata(obj, namespaced=True)
     owner = labels.get(SERVICE_PROXY_NAME_LABEL)
     if owner is not None and owner != proxy_name:
@@ -373,7 +429,6 @@ def _parse_service(
         _cidr(c, f"spec.loadBalancerSourceRanges[{i}]")
         for i, c in enumerate(_list(spec, "loadBalancerSourceRanges", "spec"))
     )
-    service_slices = slices.get((namespace, name), ())
 
     def service_port(raw: object, path: str) -> ServicePort:
         entry = _mapping(raw, path)
@@ -402,7 +457,7 @@ def _parse_service(
             health_check_node_port=health_check_node_port,
             labels=labels,
             annotations=annotations,
-            endpoints=_endpoints(port_name, protocol, service_slices, node_name),
+            endpoints=(),  # filled per build from the slices, see _ServiceMemo
         )
 
     ports: dict[str, ServicePort] = {}
@@ -416,7 +471,7 @@ def _parse_service(
             log.warning("skipping Service %s port %s: %s", key, label, exc)
             continue
         ports[port.port_name] = port
-    return list(ports.values())
+    return _Service(namespace, name, tuple(ports.values()))
 
 
 def _load_balancer_ips(obj: Mapping[str, Any]) -> tuple[str, ...]:
@@ -783,4 +838,6 @@ _MEMOS = {
     "pods": _ParseMemo("Pod", _parse_pod),
     "namespaces": _ParseMemo("Namespace", _parse_namespace),
     "networkpolicies": _ParseMemo("NetworkPolicy", _parse_policy),
+    "endpointslices": _ParseMemo("EndpointSlice", _parse_slice),
 }
+_SERVICES = _ServiceMemo()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import logging
+import random
 import time
 from typing import Any
 
 import pytest
 
-from kr_core.desired import build_desired_state
+from kr_core.desired import build_desired_state, prepare
 from kr_core.model import PolicyType, ServiceType, SessionAffinity, TrafficPolicy
 
 NODE = "node-a"
@@ -421,3 +423,168 @@ def test_prepared_objects_are_used_by_the_next_build_and_never_change_its_result
     assert sum("p/bad" in r.getMessage() for r in caplog.records) == 1, "reported when prepared"
     assert [p.name for p in build_desired_state({"pods": {"p/b": b1, "p/bad": bad}}, "n1").pods] == ["b"]
     assert sum("p/bad" in r.getMessage() for r in caplog.records) == 1, "the build used the prepared outcome"
+
+
+# --- services and slices are memoized: identity across builds, never a different result
+
+
+def test_an_unchanged_service_keeps_its_very_same_ports_across_builds() -> None:
+    web, api = service("web", HTTP), service("api", HTTP, clusterIP="10.96.0.2")
+    web_slice = endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], [endpoint("10.244.0.1", NODE)])
+    api_slice = endpoint_slice("api-1", "api", [{"name": "http", "port": 8080}], [endpoint("10.244.0.2")])
+    objects = snapshot(("services", web), ("services", api), ("endpointslices", web_slice),
+                       ("endpointslices", api_slice))
+
+    def ports(state: Any) -> dict[str, Any]:
+        return {p.name: p for p in state.services}
+
+    first = ports(build_desired_state(objects, NODE))
+    # another service's slice changed (a new dict, as the cache makes it)
+    objects["endpointslices"]["default/api-1"] = endpoint_slice(
+        "api-1", "api", [{"name": "http", "port": 8080}], [endpoint("10.244.0.3")])
+    second = ports(build_desired_state(objects, NODE))
+    assert second["web"] is first["web"]
+    assert second["api"] is not first["api"]
+    assert [ep.address for ep in second["api"].endpoints] == ["10.244.0.3"]
+
+    # a new dict for the service itself, or for one of its slices, gives new ports
+    objects["services"]["default/web"] = service("web", HTTP, clusterIP="10.96.0.9")
+    third = ports(build_desired_state(objects, NODE))
+    assert third["web"] is not second["web"] and third["web"].cluster_ips == ("10.96.0.9",)
+    assert third["api"] is second["api"]
+    objects["endpointslices"]["default/web-1"] = endpoint_slice(
+        "web-1", "web", [{"name": "http", "port": 8080}], [endpoint("10.244.0.1", NODE, ready=False)])
+    fourth = ports(build_desired_state(objects, NODE))
+    assert fourth["web"] is not third["web"] and not fourth["web"].endpoints[0].ready
+    # a slice added for the service changes its list of slices
+    objects["endpointslices"]["default/web-2"] = endpoint_slice(
+        "web-2", "web", [{"name": "http", "port": 8080}], [endpoint("10.244.0.4")])
+    fifth = ports(build_desired_state(objects, NODE))
+    assert [ep.address for ep in fifth["web"].endpoints] == ["10.244.0.1", "10.244.0.4"]
+
+    # another node sees other local endpoints; another proxy name parses services again
+    other_node = ports(build_desired_state(objects, "node-b"))
+    assert other_node["web"] is not fifth["web"] and not other_node["web"].endpoints[0].is_local
+    assert other_node["web"] == ports(build_desired_state(copy.deepcopy(objects), "node-b"))["web"]
+    by_kr = ports(build_desired_state(objects, "node-b", "kr"))
+    assert by_kr["web"] is not other_node["web"] and by_kr["web"] == other_node["web"]
+    assert ports(build_desired_state(objects, "node-b", "kr"))["web"] is by_kr["web"]
+
+
+def test_a_malformed_service_or_port_is_logged_once_however_often_its_slices_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad = service("bad", HTTP, clusterIP="not-an-ip")
+    bad_port = service("half", [*HTTP, {"name": "x", "port": 0}], clusterIP="10.96.0.3")
+    objects = snapshot(("services", bad), ("services", bad_port))
+    for version in range(3):
+        for name in ("bad", "half"):
+            objects.setdefault("endpointslices", {})[f"default/{name}-1"] = endpoint_slice(
+                f"{name}-1", name, [{"name": "http", "port": 8080}], [endpoint(f"10.244.0.{version + 1}")])
+        state = build_desired_state(objects, NODE)
+        assert [(p.name, p.port_name, [ep.address for ep in p.endpoints]) for p in state.services] == [
+            ("half", "http", [f"10.244.0.{version + 1}"])
+        ]
+    assert sum("Service default/bad:" in r.getMessage() for r in caplog.records) == 1
+    assert sum("Service default/half port 'x'" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_random_service_and_slice_changes_build_what_a_fresh_build_does() -> None:
+    # A warm build (memos kept from the previous step) must equal a build that can reuse nothing: the
+    # same snapshot deep-copied, so no object is the one a memo holds. The fresh builds run after the
+    # whole sequence, so they do not cool the memos the sequence relies on.
+    rng = random.Random(20240611)
+    names = [f"s{i}" for i in range(8)]
+    nodes = [NODE, "node-b"]
+    objects: dict[str, dict[str, Any]] = {"services": {}, "endpointslices": {}}
+
+    def new_service(name: str) -> dict[str, Any]:
+        ports = [{"name": n, "port": 80 + i, "protocol": rng.choice(["TCP", "UDP"])}
+                 for i, n in enumerate(rng.sample(["http", "dns", "metrics"], rng.randint(1, 2)))]
+        obj = service(name, ports, clusterIP=f"10.96.0.{rng.randint(1, 250)}")
+        if rng.random() < 0.1:
+            obj["spec"]["clusterIP"] = "bad"  # malformed
+        if rng.random() < 0.1:
+            obj["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "kr"}
+        return obj
+
+    def new_slice(name: str, key: str) -> dict[str, Any]:
+        ports = [{"name": n, "port": 8000 + rng.randint(0, 3), "protocol": rng.choice(["TCP", "UDP"])}
+                 for n in rng.sample(["http", "dns", "metrics"], rng.randint(1, 3))]
+        endpoints = [endpoint(f"10.244.0.{rng.randint(1, 12)}", rng.choice([*nodes, None]),
+                              **{c: rng.random() < 0.6 for c in ("ready", "serving", "terminating")
+                                 if rng.random() < 0.5})
+                     for _ in range(rng.randint(0, 4))]
+        obj = endpoint_slice(key.split("/")[1], name, ports, endpoints,
+                             address_type="FQDN" if rng.random() < 0.05 else "IPv4")
+        if rng.random() < 0.05:
+            obj["endpoints"] = [{"addresses": []}]  # malformed
+        return obj
+
+    steps: list[tuple[dict[str, dict[str, Any]], str, str | None, Any]] = []
+    reused = 0
+    last: dict[str, Any] = {}
+    for _ in range(300):
+        action = rng.random()
+        name = rng.choice(names)
+        if action < 0.25:
+            objects["services"][f"default/{name}"] = new_service(name)
+        elif action < 0.35:
+            objects["services"].pop(f"default/{name}", None)
+        elif action < 0.75:
+            key = f"default/{name}-{rng.randint(1, 2)}"
+            objects["endpointslices"][key] = new_slice(name, key)
+            if rng.random() < 0.5:
+                prepare("endpointslices", key, objects["endpointslices"][key])
+        elif action < 0.9 and objects["endpointslices"]:
+            # an endpoint condition flips: a new dict for the slice, the rest the very same
+            key = rng.choice(sorted(objects["endpointslices"]))
+            changed = copy.deepcopy(objects["endpointslices"][key])
+            for ep in changed.get("endpoints") or []:
+                if isinstance(ep, dict) and rng.random() < 0.5:
+                    conditions = ep.setdefault("conditions", {})
+                    conditions["ready"] = not conditions.get("ready", True)
+            objects["endpointslices"][key] = changed
+        elif objects["endpointslices"]:
+            key = rng.choice(sorted(objects["endpointslices"]))
+            del objects["endpointslices"][key]
+            if rng.random() < 0.5:
+                prepare("endpointslices", key, None)
+        node, proxy = rng.choice(nodes) if rng.random() < 0.1 else NODE, "kr" if rng.random() < 0.1 else None
+        # the cache's way: a new snapshot mapping, unchanged objects the very same dicts
+        frozen = {kind: dict(objs) for kind, objs in objects.items()}
+        state = build_desired_state(frozen, node, proxy)
+        reused += sum(last.get(p.key) is p for p in state.services)
+        last = {p.key: p for p in state.services}
+        steps.append((frozen, node, proxy, state))
+    assert reused > 100, "the sequence exercised reuse"
+    for frozen, node, proxy, state in steps:
+        assert build_desired_state(copy.deepcopy(frozen), node, proxy) == state
+
+
+def test_prepared_slices_are_used_by_the_next_build(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="kr_core.desired")
+    web = service("web", HTTP)
+    good = endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], [endpoint("10.244.0.1")])
+    bad = endpoint_slice("web-2", "web", [{"name": "http", "port": 8080}], [{"addresses": ["nope"]}])
+    fqdn = endpoint_slice("web-3", "web", [{"name": "http", "port": 8080}], [endpoint("10.244.0.3")],
+                          address_type="FQDN")
+    for key, obj in (("prep/web-1", good), ("prep/web-2", bad), ("prep/web-3", fqdn)):
+        prepare("endpointslices", key, obj)
+
+    def count(key: str) -> int:
+        return sum(key in r.getMessage() for r in caplog.records)
+
+    assert (count("prep/web-2"), count("prep/web-3")) == (1, 1), "reported when prepared"
+    objects = {"services": {"default/web": web},
+               "endpointslices": {"prep/web-1": good, "prep/web-2": bad, "prep/web-3": fqdn}}
+    (port,) = build_desired_state(objects, NODE).services
+    assert [ep.address for ep in port.endpoints] == ["10.244.0.1"]
+    assert (count("prep/web-2"), count("prep/web-3")) == (1, 1), "the build used the prepared outcomes"
+    # a prepared record of another object under the same key is not used
+    prepare("endpointslices", "prep/web-1",
+            endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], [endpoint("10.244.0.9")]))
+    moved = endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], [endpoint("10.244.0.5")])
+    objects["endpointslices"]["prep/web-1"] = moved
+    (port,) = build_desired_state(objects, NODE).services
+    assert [ep.address for ep in port.endpoints] == ["10.244.0.5"]
