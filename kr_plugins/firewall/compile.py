@@ -21,13 +21,10 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import json
 import operator
 import re
-import shlex
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +39,10 @@ from kr_core.model import (
     PolicyRule,
     PolicyType,
     Protocol,
-    to_jsonable,
 )
 from kr_core.selectors import FrozenMap
-from kr_plugins.kernel.iptables import save_string
+from kr_plugins.kernel.iptables import referenced, save_string
+from kr_plugins.kernel.names import digest
 
 PREFIX = "KR-FW"
 TOP_CHAIN = "KR-FW"
@@ -114,12 +111,6 @@ def normalize_rate(rate: str) -> str:
     if match is None or match.group(2) not in _RATE_UNITS or int(match.group(1)) <= 0:
         raise ValueError(f"log rate {rate!r} is not N/second, N/minute, N/hour or N/day")
     return f"{int(match.group(1))}/{_RATE_UNITS[match.group(2)]}"
-
-
-def digest(*parts: object) -> str:
-    """16 hex digits identifying ``parts`` (64 bits: collisions are not a practical concern)."""
-    text = json.dumps([to_jsonable(p) for p in parts], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16].upper()
 
 
 @lru_cache(maxsize=65536)
@@ -566,29 +557,6 @@ def _block_members(block: IPBlock) -> tuple[str, ...] | None:
 
 
 # --- consistency
-
-
-#: A shell word of a rule without single quotes or backslashes: unquoted runs and "..." runs, joined.
-_WORD = re.compile(r'(?:[^ \t\r\n"]+|"[^"]*")+')
-
-
-def _words(rule: str) -> list[str]:
-    """``shlex.split(rule)``; rules as this module writes them (double quotes only, balanced, no
-    backslashes) are split with one regex, anything else goes through ``shlex`` with its errors."""
-    if "'" in rule or "\\" in rule or rule.count('"') % 2:
-        return shlex.split(rule)
-    words = _WORD.findall(rule)
-    return [w.replace('"', "") for w in words] if '"' in rule else words
-
-
-def referenced(rule: str) -> Iterator[tuple[str, str]]:
-    """("chain", name) for each jump/goto target and ("set", name) for each set ``rule`` names."""
-    words = _words(rule)
-    for index, word in enumerate(words[:-1]):
-        if word in ("-j", "-g", "--jump", "--goto"):
-            yield "chain", words[index + 1]
-        elif word == "--match-set":
-            yield "set", words[index + 1]
 
 
 def check_consistency(ruleset: FirewallRuleset) -> None:

@@ -26,16 +26,23 @@ class ToolMissing(CommandError):
 
 def run(argv: Sequence[str], input_text: str | None = None, timeout: float = 60.0) -> str:
     """Run ``argv`` with ``input_text`` on stdin and return its stdout."""
+    done = run_unchecked(argv, input_text, timeout)
+    if done.returncode != 0:
+        raise CommandError(f"{' '.join(argv)} failed with exit code {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def run_unchecked(argv: Sequence[str], input_text: str | None = None,
+                  timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` and return how it ended, whatever its exit code (for tools whose codes mean more
+    than success or failure); a missing tool or a timeout still raises."""
     try:
-        done = subprocess.run(list(argv), input=input_text, capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(list(argv), input=input_text, capture_output=True, text=True, timeout=timeout,
                               env=_ENV, check=False)
     except FileNotFoundError as exc:
         raise ToolMissing(f"{argv[0]} not found: install it (scripts/setup.sh does)") from exc
     except subprocess.TimeoutExpired as exc:
         raise CommandError(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise CommandError(f"{' '.join(argv)} failed with exit code {done.returncode}: {done.stderr.strip()}")
-    return done.stdout
 
 
 class Feed:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -256,6 +256,29 @@ def save_string(text: str) -> str:
     is made of letters, digits, ``_`` and ``-`` only, else in double quotes (kr's texts hold no
     quotes or backslashes)."""
     return text if _BARE_STRING.fullmatch(text) else f'"{text}"'
+
+
+#: A shell word of a rule without single quotes or backslashes: unquoted runs and "..." runs, joined.
+_WORD = re.compile(r'(?:[^ \t\r\n"]+|"[^"]*")+')
+
+
+def _words(rule: str) -> list[str]:
+    """``shlex.split(rule)``; rules as kr writes them (double quotes only, balanced, no
+    backslashes) are split with one regex, anything else goes through ``shlex`` with its errors."""
+    if "'" in rule or "\\" in rule or rule.count('"') % 2:
+        return shlex.split(rule)
+    words = _WORD.findall(rule)
+    return [w.replace('"', "") for w in words] if '"' in rule else words
+
+
+def referenced(rule: str) -> Iterator[tuple[str, str]]:
+    """("chain", name) for each jump/goto target and ("set", name) for each set ``rule`` names."""
+    words = _words(rule)
+    for index, word in enumerate(words[:-1]):
+        if word in ("-j", "-g", "--jump", "--goto"):
+            yield "chain", words[index + 1]
+        elif word == "--match-set":
+            yield "set", words[index + 1]
 
 
 # --- running

@@ -1,0 +1,1 @@
+"""Service proxy backends (slot ``proxy``): ``proxy.iptables``. Shared: endpoint choice, health checks."""

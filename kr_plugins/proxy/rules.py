@@ -1,0 +1,311 @@
+"""Render the service proxy as iptables chains: the pure half of ``proxy.iptables``.
+
+``ProxyRenderer(settings).render(desired)`` returns a ``ProxyRuleset``: kr's nat and filter chains (rule
+specs without ``-A NAME``) and the hook rules into them, in kube-proxy's design (see docs/proxy.md):
+
+- nat ``KR-PX-SERVICES`` (from PREROUTING and OUTPUT) jumps to one bucket chain per /24 of service
+  addresses (``KR-PX-D-<hex of the /24>``), which holds that /24's per-(address, protocol, port) rules,
+  then to ``KR-PX-NODEPORTS`` for local destinations; a service port has ``KR-PX-SVC-`` (all usable
+  endpoints), ``KR-PX-SVL-`` (this node's), ``KR-PX-EXT-`` (outside traffic) and ``KR-PX-LBS-``
+  (load-balancer source ranges) chains, and one ``KR-PX-SEP-`` chain per endpoint (DNAT);
+- ``KR-PX-MARK-MASQ`` marks, ``KR-PX-POSTROUTING`` masquerades marked packets;
+- filter ``KR-PX-FILTER`` (new connections, from INPUT, FORWARD and OUTPUT) rejects service ports without
+  endpoints and drops outside traffic that must stay local but has no local endpoint.
+
+Invariants:
+- every chain name starts with ``KR-PX-`` and fits the kernel (<= 28 characters); service and endpoint
+  chains are named by a hash of what defines them, so names are stable across syncs and processes;
+- rule specs are in the exact form ``iptables-save`` prints (statistic probabilities included), so the
+  apply layer compares by string and never rewrites an unchanged chain;
+- a service port's chains and its dispatch, node-port and filter rules depend on that service port
+  alone (and the settings and this node's pod CIDRs), so the renderer reuses them while the
+  desired-state builder hands back the same ``ServicePort`` object; the dispatch is bucketed, so adding
+  or removing one service rewrites one bucket chain of at most 256 addresses, not a chain of every
+  service;
+- IPv4 only (iptables ``ip_tables``); IPv6 addresses are skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
+from kr_plugins.kernel.iptables import referenced, save_string
+from kr_plugins.kernel.names import digest
+from kr_plugins.proxy.endpoints import choose, externally_reachable
+
+PREFIX = "KR-PX"
+SERVICES = "KR-PX-SERVICES"
+NODEPORTS = "KR-PX-NODEPORTS"
+MARK_MASQ = "KR-PX-MARK-MASQ"
+POSTROUTING = "KR-PX-POSTROUTING"
+FILTER = "KR-PX-FILTER"
+MAX_CHAIN = 28
+REJECT = "REJECT --reject-with icmp-port-unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """``cluster_cidr``: traffic to a ClusterIP from outside it is masqueraded, and traffic from it to
+    an outside address of a ``Local`` service may use any endpoint (None: this node's pod CIDRs, as
+    kube-proxy's ``--detect-local-mode=NodeCIDR``); ``nodeport_addresses``: CIDRs whose local addresses
+    answer NodePorts (empty: every local address but loopback)."""
+
+    masquerade_all: bool = False
+    cluster_cidr: str | None = None
+    nodeport_addresses: tuple[str, ...] = ()
+    masquerade_mark: int = 0x4000
+
+    def __post_init__(self) -> None:
+        for cidr in (*([self.cluster_cidr] if self.cluster_cidr else []), *self.nodeport_addresses):
+            if ipaddress.ip_network(cidr, strict=False).version != 4:
+                raise ValueError(f"{cidr} is not an IPv4 CIDR (proxy.iptables is IPv4 only)")
+        mark = self.masquerade_mark
+        if mark <= 0 or mark & (mark - 1) or mark >= 1 << 32:
+            raise ValueError(f"mark {mark:#x} must be a single bit of the 32-bit packet mark")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRuleset:
+    """``tables``: table -> chain -> rule specs; ``hooks``: table -> (built-in chain, rule spec) to put
+    first in that chain."""
+
+    tables: Mapping[str, Mapping[str, tuple[str, ...]]]
+    hooks: Mapping[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRules:
+    """What one service port adds: its own nat chains, its rules in the dispatch buckets (keyed by
+    destination address), in ``KR-PX-NODEPORTS`` and in ``KR-PX-FILTER``."""
+
+    chains: Mapping[str, tuple[str, ...]]
+    dispatch: tuple[tuple[str, int, str], ...]  # (bucket chain, destination as int, rule)
+    nodeports: tuple[str, ...]
+    filter: tuple[str, ...]
+
+
+def hooks() -> dict[str, tuple[tuple[str, str], ...]]:
+    portals = f'-m comment --comment "kr: service portals" -j {SERVICES}'
+    rejects = f'-m conntrack --ctstate NEW -m comment --comment "kr: service rejects" -j {FILTER}'
+    return {"nat": (("PREROUTING", portals), ("OUTPUT", portals),
+                    ("POSTROUTING", f'-m comment --comment "kr: service masquerade" -j {POSTROUTING}')),
+            "filter": (("INPUT", rejects), ("FORWARD", rejects), ("OUTPUT", rejects))}
+
+
+def probability(p: float) -> str:
+    """``p`` as ``iptables-save`` prints a statistic probability: the kernel keeps ``lround(p * 2^31)``."""
+    return f"{int(p * 0x80000000 + 0.5) / 0x80000000:.11f}"
+
+
+def bucket_chain(address: str) -> str:
+    """The dispatch chain of ``address``'s /24."""
+    return f"{PREFIX}-D-{ipaddress.IPv4Address(address).packed[:3].hex().upper()}"
+
+
+def service_label(service: ServicePort) -> str:
+    """``namespace/name:port`` as kube-proxy names a service port (``namespace/name`` if unnamed)."""
+    base = f"{service.namespace}/{service.name}"
+    return f"{base}:{service.port_name}" if service.port_name else base
+
+
+def _ipv4(addresses: tuple[str, ...]) -> list[str]:
+    return [a for a in addresses if ":" not in a]
+
+
+def render_service(service: ServicePort, settings: ProxySettings, local_cidrs: tuple[str, ...]) -> ServiceRules:
+    """Everything one service port needs (see the module docstring); ``local_cidrs`` are the sources
+    counted as this cluster's pods (``settings.cluster_cidr`` or this node's pod CIDRs)."""
+    proto = service.protocol.value.lower()
+    label = service_label(service)
+    name = digest(service.namespace, service.name, service.port_name, service.protocol.value)
+    svc, svl, ext, lbs = (f"{PREFIX}-{kind}-{name}" for kind in ("SVC", "SVL", "EXT", "LBS"))
+    choice = choose(service)
+    affinity = service.session_affinity is SessionAffinity.CLIENT_IP
+    chains: dict[str, tuple[str, ...]] = {}
+    dispatch: list[tuple[str, str]] = []
+    filter_rules: list[str] = []
+
+    def to(address: str, what: str) -> str:
+        return (f"-d {address}/32 -p {proto} -m comment --comment {save_string(f'{label} {what}')} "
+                f"-m {proto} --dport {service.port}")
+
+    def endpoint_chain(endpoint: Endpoint) -> str:
+        sep = f"{PREFIX}-SEP-{digest(label, proto, endpoint.address, endpoint.port)}"
+        if sep not in chains:
+            recent = f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource" if affinity else ""
+            chains[sep] = (f"-s {endpoint.address}/32 -j {MARK_MASQ}",  # a pod reaching itself (hairpin)
+                           f"-p {proto}{recent} -m {proto} -j DNAT --to-destination {endpoint.address}:{endpoint.port}")
+        return sep
+
+    def balance(chain: str, endpoints: tuple[Endpoint, ...]) -> None:
+        """Spread new connections evenly; with ClientIP affinity, a known client goes back first."""
+        seps = [endpoint_chain(e) for e in endpoints]
+        rules = []
+        if affinity:
+            rules += [f"-m recent --rcheck --seconds {service.session_affinity_timeout} --reap --name {sep} "
+                      f"--mask 255.255.255.255 --rsource -j {sep}" for sep in seps]
+        rules += [f"-m statistic --mode random --probability {probability(1 / (len(seps) - i))} -j {sep}"
+                  for i, sep in enumerate(seps[:-1])]
+        chains[chain] = chains.get(chain, ()) + tuple(rules) + (f"-j {seps[-1]}",)
+
+    # traffic to the ClusterIP
+    internal = svl if service.internal_traffic_policy is TrafficPolicy.LOCAL else svc
+    cluster_ip = next(iter(_ipv4(service.cluster_ips)), None)
+    if cluster_ip is not None:
+        if choice.cluster:
+            masquerade = f"-d {cluster_ip}/32 -p {proto} -m {proto} --dport {service.port} -j {MARK_MASQ}"
+            if settings.masquerade_all:
+                chains[internal] = (masquerade,)
+            elif local_cidrs:  # traffic from outside the pods (a node, a router) is masqueraded
+                chains[internal] = (f"! -s {local_cidrs[0]} {masquerade}",)
+            dispatch.append((cluster_ip, f"{to(cluster_ip, 'cluster IP')} -j {internal}"))
+        elif choice.everywhere:
+            filter_rules.append(f"{to(cluster_ip, 'has no local endpoints')} -j DROP")
+        else:
+            filter_rules.append(f"{to(cluster_ip, 'has no endpoints')} -j {REJECT}")
+
+    # traffic from outside: NodePorts, external IPs, load-balancer IPs
+    outside = externally_reachable(service) and bool(choice.everywhere)
+    local_policy = service.external_traffic_policy is TrafficPolicy.LOCAL
+    if choice.cluster:
+        balance(internal, choice.cluster)
+    if outside and svc not in chains:
+        balance(svc, choice.everywhere)
+    if outside and local_policy and choice.local and svl not in chains:
+        balance(svl, choice.local)
+    if outside and local_policy:
+        # pods and the node itself may use any endpoint; the rest stays on this node's
+        rules = [f"-s {cidr} -m comment --comment {save_string(f'pods reach {label} anywhere')} -j {svc}"
+                 for cidr in local_cidrs]
+        rules += [f"-m addrtype --src-type LOCAL -j {MARK_MASQ}", f"-m addrtype --src-type LOCAL -j {svc}"]
+        chains[ext] = tuple(rules) + ((f"-j {svl}",) if choice.local else ())
+    elif outside:
+        chains[ext] = (f"-j {MARK_MASQ}", f"-j {svc}")
+    nodeports: list[str] = []
+    if externally_reachable(service):
+        # what the nat rules leave untranslated for want of an endpoint is refused here
+        unserved = not choice.external
+        verdict, why = (REJECT, "has no endpoints") if not choice.everywhere else ("DROP", "has no local endpoints")
+        for address in _ipv4(service.external_ips):
+            if outside:
+                dispatch.append((address, f"{to(address, 'external IP')} -j {ext}"))
+            if unserved:
+                filter_rules.append(f"{to(address, why)} -j {verdict}")
+        ranges = _ipv4(service.load_balancer_source_ranges)
+        for address in _ipv4(service.load_balancer_ips):
+            if outside:
+                if ranges:
+                    chains[lbs] = tuple(f"-s {cidr} -j {ext}" for cidr in ranges)
+                dispatch.append((address, f"{to(address, 'loadbalancer IP')} -j {lbs if ranges else ext}"))
+            if unserved:
+                filter_rules.append(f"{to(address, why)} -j {verdict}")
+            elif ranges:
+                filter_rules.append(f"{to(address, 'is not allowed from this source')} -j DROP")
+        if service.node_port is not None:
+            port = f"-m {proto} --dport {service.node_port}"
+            if outside:
+                nodeports.append(f"-p {proto} -m comment --comment {save_string(label)} {port} -j {ext}")
+            if unserved:
+                filter_rules.append(f"-p {proto} -m addrtype --dst-type LOCAL "
+                                    f"-m comment --comment {save_string(f'{label} {why}')} {port} -j {verdict}")
+    buckets = tuple((bucket_chain(address), int(ipaddress.IPv4Address(address)), rule) for address, rule in dispatch)
+    return ServiceRules(chains, buckets, tuple(nodeports), tuple(filter_rules))
+
+
+class ProxyRenderer:
+    """Renders the desired states of one node, one after another.
+
+    Each ``render`` returns exactly what a fresh renderer would; a service port's ``ServiceRules`` are
+    kept while the desired-state builder hands back the very same ``ServicePort`` object (and this
+    node's pod CIDRs are unchanged), so a sync re-renders only the service ports that changed.
+    """
+
+    def __init__(self, settings: ProxySettings | None = None) -> None:
+        self.settings = settings or ProxySettings()
+        self._local_cidrs: tuple[str, ...] | None = None
+        self._kept: dict[tuple[str, str, str, str], tuple[ServicePort, ServiceRules]] = {}
+
+    def render(self, desired: DesiredState) -> ProxyRuleset:
+        local_cidrs = self._local(desired)
+        if local_cidrs != self._local_cidrs:
+            self._kept, self._local_cidrs = {}, local_cidrs
+        kept: dict[tuple[str, str, str, str], tuple[ServicePort, ServiceRules]] = {}
+        own: dict[str, tuple[str, ...]] = {}
+        buckets: dict[str, list[tuple[int, str]]] = {}
+        nodeports: list[str] = []
+        filter_rules: list[str] = []
+        for service in desired.services:
+            key = (service.namespace, service.name, service.port_name, service.protocol.value)
+            entry = self._kept.get(key)
+            if entry is None or entry[0] is not service:
+                entry = (service, render_service(service, self.settings, local_cidrs))
+            kept[key] = entry
+            rules = entry[1]
+            own.update(rules.chains)
+            for bucket, order, rule in rules.dispatch:
+                buckets.setdefault(bucket, []).append((order, rule))
+            nodeports += rules.nodeports
+            filter_rules += rules.filter
+        self._kept = kept
+        mark = f"{self.settings.masquerade_mark:#x}"
+        services = [f"-d {_bucket_network(name)} -j {name}" for name in sorted(buckets)]
+        services += [f"-d {cidr} -m addrtype --dst-type LOCAL -j {NODEPORTS}"
+                     for cidr in self.settings.nodeport_addresses] or \
+                    [f"! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j {NODEPORTS}"]
+        nat: dict[str, tuple[str, ...]] = {
+            SERVICES: tuple(services),
+            NODEPORTS: tuple(sorted(nodeports)),
+            MARK_MASQ: (f"-j MARK --set-xmark {mark}/{mark}",),
+            POSTROUTING: (f"-m mark ! --mark {mark}/{mark} -j RETURN", f"-j MARK --set-xmark 0x0/{mark}",
+                          "-j MASQUERADE --random-fully"),
+        }
+        nat.update((name, tuple(rule for _, rule in sorted(entries))) for name, entries in sorted(buckets.items()))
+        nat.update(own)
+        return ProxyRuleset(tables={"nat": nat, "filter": {FILTER: tuple(filter_rules)}}, hooks=hooks())
+
+    def _local(self, desired: DesiredState) -> tuple[str, ...]:
+        if self.settings.cluster_cidr:
+            return (str(ipaddress.ip_network(self.settings.cluster_cidr, strict=False)),)
+        node = desired.node
+        return tuple(str(ipaddress.ip_network(c, strict=False)) for c in (node.pod_cidrs if node else ())
+                     if ipaddress.ip_network(c, strict=False).version == 4)
+
+
+def render_proxy(desired: DesiredState, settings: ProxySettings | None = None) -> ProxyRuleset:
+    """kr's proxy chains for ``desired``, computed from nothing (a backend keeps a ``ProxyRenderer``)."""
+    return ProxyRenderer(settings).render(desired)
+
+
+def _bucket_network(chain: str) -> str:
+    octets = bytes.fromhex(chain.rsplit("-", 1)[1])
+    return f"{octets[0]}.{octets[1]}.{octets[2]}.0/24"
+
+
+class InconsistentRuleset(ValueError):
+    """A ruleset that jumps to an undefined chain or misnames a chain."""
+
+
+#: Targets a proxy rule may jump to without kr defining them.
+BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "REJECT", "DNAT", "MARK", "MASQUERADE"})
+
+
+def check_consistency(ruleset: ProxyRuleset) -> None:
+    """Raise ``InconsistentRuleset`` listing every problem: a chain name that is not kr's proxy's or
+    too long, or a rule (or hook) jumping to a chain its table does not define."""
+    problems = []
+    for table, chains in ruleset.tables.items():
+        for name, rules in chains.items():
+            if not name.startswith(PREFIX + "-") or len(name) > MAX_CHAIN:
+                problems.append(f"{table}: chain name {name!r} is not {PREFIX}-* within {MAX_CHAIN} characters")
+            for rule in rules:
+                problems += [f"{table}/{name}: jumps to undefined chain {target}: {rule}"
+                             for kind, target in referenced(rule)
+                             if kind == "chain" and target not in chains and target not in BUILTIN_TARGETS]
+        for chain, rule in ruleset.hooks.get(table, ()):
+            problems += [f"{table}: hook in {chain} jumps to undefined chain {target}"
+                         for kind, target in referenced(rule) if kind == "chain" and target not in chains]
+    if problems:
+        raise InconsistentRuleset("; ".join(problems))
