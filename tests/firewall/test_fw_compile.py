@@ -23,9 +23,9 @@ from fwmodel import (  # noqa: E402
 from kr_core.model import NetworkPolicy  # noqa: E402
 from kr_plugins.firewall.compile import (  # noqa: E402
     MAX_CHAIN, MAX_SET, FirewallRuleset, FirewallSettings, InconsistentRuleset, IPSetSpec, check_consistency,
-    FirewallCompiler, compile_firewall, hooks, pod_chain, policy_chain, referenced,
+    FirewallCompiler, compile_firewall, hooks, pod_chain, policy_chain,
 )
-from kr_plugins.kernel.iptables import check_owned  # noqa: E402
+from kr_plugins.kernel.iptables import check_owned, referenced  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("KR_UPDATE_GOLDEN") == "1"
