@@ -22,6 +22,8 @@ from kr_lab.lab import KR, Lab
 from kr_lab.spec import DEFAULT_SPEC_TEXT
 from kr_lab.state import StateDir
 
+#: connections each pod makes to the Service in the demo's Service step
+SERVICE_PROBES = 6
 #: the backends the demo runs when installed, in datapath order
 DEMO_PLUGINS = ("routing.static", "proxy.iptables", "firewall.iptables")
 
@@ -86,15 +88,21 @@ def run_demo(state_path: str, keep: bool) -> None:
 
         step(5, "create Service backend/api; the API stand-in allocates a ClusterIP and the endpoints follow the pods")
         lab.apply([SERVICE])
-        _show_service(lab)
-        if "proxy.iptables" not in plugins:
-            click.echo("  (the service proxy backend is not installed yet, so traffic to the ClusterIP is not proxied)")
+        cluster_ip = _show_service(lab)
+        if "proxy.iptables" in plugins:
+            click.echo(f"  every pod connects {SERVICE_PROBES} times to {cluster_ip}:80; which api pods answered:")
+            click.echo(_service_table(lab, cluster_ip))
+        else:
+            click.echo("  (no service proxy backend is installed, so traffic to the ClusterIP is not proxied)")
         if "firewall.iptables" in plugins:
             step(6, "NetworkPolicy backend/api-from-frontend: api pods accept only namespace frontend (team=web) on http")
             lab.apply([POLICY])
             show_matrix(lab)
             click.echo("  (rows are sources: only frontend/web-* still reach the backend/api-* columns; "
                        "other pods are rejected at once)")
+            if "proxy.iptables" in plugins:
+                click.echo("  through the Service too (policy applies after the ClusterIP is translated):")
+                click.echo(_service_table(lab, cluster_ip))
             step(7, "delete the policy: traffic to the api pods is restored")
             lab.delete([POLICY])
             show_matrix(lab)
@@ -109,7 +117,7 @@ def run_demo(state_path: str, keep: bool) -> None:
                 Lab.down(state_dir)
 
 
-def _show_service(lab: Lab) -> None:
+def _show_service(lab: Lab) -> str:
     from kubernetes import client
 
     def read(api_client: client.ApiClient) -> Any:
@@ -123,3 +131,19 @@ def _show_service(lab: Lab) -> None:
     endpoints = sorted(f"{endpoint.addresses[0]}:{port.port} ({endpoint.node_name})"
                        for item in slices.items for endpoint in item.endpoints or [] for port in item.ports or [])
     click.echo(f"  backend/api: ClusterIP {service.spec.cluster_ip}:80 -> {', '.join(endpoints)}")
+    return str(service.spec.cluster_ip)
+
+
+def _service_table(lab: Lab, cluster_ip: str) -> str:
+    """One row per pod: how many of its connections to the ClusterIP each api pod answered."""
+    pods = [pod["pod"] for pod in lab.status()["pods"]]
+    lines = []
+    for source in pods:
+        answers: dict[str, int] = {}
+        for _ in range(SERVICE_PROBES):
+            result = lab.probe(source, cluster_ip, 80, "tcp", timeout=1.0)
+            who = result.answer if result.ok and result.answer else f"({result.error})"
+            answers[who] = answers.get(who, 0) + 1
+        cells = ", ".join(f"{who} x{count}" for who, count in sorted(answers.items()))
+        lines.append(f"  {source.ljust(max(map(len, pods)) + 2)}{cells}")
+    return "\n".join(lines)

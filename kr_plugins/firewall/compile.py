@@ -440,7 +440,10 @@ class FirewallCompiler:
         if cidrs:
             chains[_UNKNOWN_SRC] = tuple(self._reject("from unknown pod"))
             chains[_UNKNOWN_DST] = tuple(self._reject("to unknown pod"))
-        chains[REJECT_CHAIN] = ("-p tcp -j REJECT --reject-with tcp-reset",
+        # A TCP reset for a packet that came over the bridge is sent straight back through the bridge,
+        # past NAT, so a pod that connected through a service address would never see it: connections
+        # whose destination was translated get an ICMP error instead, which conntrack translates back.
+        chains[REJECT_CHAIN] = ("-p tcp -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset",
                                 "-j REJECT --reject-with icmp-port-unreachable")
         chains.update(sorted(pod_chains.items()))
         chains.update(sorted(policy_chains.items()))
