@@ -41,6 +41,7 @@ from kr_core.model import (
     Protocol,
 )
 from kr_core.selectors import FrozenMap
+from kr_plugins.kernel.ipset import IPSetSpec
 from kr_plugins.kernel.iptables import referenced, save_string
 from kr_plugins.kernel.names import digest
 
@@ -74,18 +75,6 @@ class FirewallSettings:
         normalize_rate(self.log_rate)
         if self.mark <= 0 or self.mark & (self.mark - 1) or self.mark >= 1 << 32:
             raise ValueError(f"mark {self.mark:#x} must be a single bit of the 32-bit packet mark")
-
-
-@dataclass(frozen=True, slots=True)
-class IPSetSpec:
-    """A set's type and members (any iterable given is kept as a frozenset: the kernel has no order)."""
-
-    type: str
-    members: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.members, frozenset):
-            object.__setattr__(self, "members", frozenset(self.members))
 
 
 @dataclass(frozen=True, slots=True)

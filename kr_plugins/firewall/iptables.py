@@ -54,6 +54,7 @@ from kr_plugins.firewall.compile import (
     hooks,
 )
 from kr_plugins.kernel import ipset
+from kr_plugins.kernel.ipset import render_sets
 from kr_plugins.kernel.command import Feed, run
 from kr_plugins.kernel.iptables import (
     Flavour,
@@ -126,18 +127,6 @@ def parse_ipset_save(text: str) -> tuple[dict[str, IPSetSpec], list[str]]:
 
 
 # --- restore text
-
-
-def render_sets(wanted: Mapping[str, IPSetSpec], names: Iterable[str], current: Mapping[str, IPSetSpec]) -> str:
-    """Bring sets ``names`` from ``current`` to ``wanted``: edits for small changes, a swap otherwise."""
-    parts = []
-    for name in names:
-        spec, now = wanted[name], current.get(name)
-        members = now.members if now is not None and now.type == spec.type else None
-        if now is not None and members is None:  # same name, other type: cannot happen with content names
-            raise KrError(f"ipset {name} exists as {now.type}, not {spec.type}")
-        parts.append(ipset.render_update(name, spec.type, spec.members, members))
-    return "".join(parts)
 
 
 def render_chains(ruleset: FirewallRuleset, programmed: Programmed) -> str | None:

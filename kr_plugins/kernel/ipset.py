@@ -13,9 +13,23 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 from kr_plugins.kernel.command import Feed, run
+
+
+@dataclass(frozen=True, slots=True)
+class IPSetSpec:
+    """A set's type and members (any iterable given is kept as a frozenset: the kernel has no order)."""
+
+    type: str
+    members: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.members, frozenset):
+            object.__setattr__(self, "members", frozenset(self.members))
+
 
 TEMP_SUFFIX = "-tmp"
 MAX_NAME = 31  # IPSET_MAXNAMELEN - 1
@@ -60,6 +74,18 @@ def render_update(name: str, set_type: str, members: Collection[str], current: C
     lines = [f"del {name} {member.removesuffix(' nomatch')} -exist" for member in sorted(removed)]
     lines += [f"add {name} {member} -exist" for member in sorted(added)]
     return "\n".join([*lines, ""])
+
+
+def render_sets(wanted: Mapping[str, IPSetSpec], names: Iterable[str], current: Mapping[str, IPSetSpec]) -> str:
+    """Bring sets ``names`` from ``current`` to ``wanted``: edits for small changes, a swap otherwise."""
+    parts = []
+    for name in names:
+        spec, now = wanted[name], current.get(name)
+        members = now.members if now is not None and now.type == spec.type else None
+        if now is not None and members is None:  # same name, other type: cannot happen with content names
+            raise ValueError(f"ipset {name} exists as {now.type}, not {spec.type}")
+        parts.append(render_update(name, spec.type, spec.members, members))
+    return "".join(parts)
 
 
 def restore(text: str) -> None:

@@ -22,6 +22,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kr_core.model import DesiredState, ServicePort, TrafficPolicy
+from kr_plugins.proxy.endpoints import choose
+
 log = logging.getLogger(__name__)
 
 
@@ -93,3 +96,21 @@ class HealthCheckServers:
         server = self._servers.pop(port)
         server.shutdown()
         server.server_close()
+
+
+def health_targets(desired: DesiredState) -> dict[int, HealthTarget]:
+    """healthCheckNodePort -> what it reports, for Local load-balancer services."""
+    targets: dict[int, HealthTarget] = {}
+    for service in desired.services:
+        port = service.health_check_node_port
+        if port is None or service.external_traffic_policy is not TrafficPolicy.LOCAL:
+            continue
+        local = _count_local(service)
+        seen = targets.get(port)
+        count = max(local, seen.local_endpoints) if seen is not None else local  # one per service, not port
+        targets[port] = HealthTarget(service.namespace, service.name, count)
+    return targets
+
+
+def _count_local(service: ServicePort) -> int:
+    return len({e.address for e in choose(service).local})

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -35,8 +34,7 @@ from kr_core.changes import ChangeSet
 from kr_core.config import OptionRegistry
 from kr_core.errors import KrError
 from kr_core.hookspecs import hookimpl
-from kr_core.model import DesiredState, Protocol, ServicePort, TrafficPolicy
-from kr_plugins.kernel import conntrack
+from kr_core.model import DesiredState
 from kr_plugins.kernel.command import run
 from kr_plugins.kernel.iptables import (
     Flavour,
@@ -50,9 +48,9 @@ from kr_plugins.kernel.iptables import (
     table_lines,
 )
 from kr_plugins.kernel.sysctl import PROC_SYS, ensure_sysctl
-from kr_plugins.proxy.endpoints import choose, externally_reachable
-from kr_plugins.proxy.healthcheck import HealthCheckServers, HealthTarget
-from kr_plugins.proxy.rules import PREFIX, ProxyRenderer, ProxySettings, check_consistency, hooks, service_label
+from kr_plugins.proxy.flows import UdpTargets, clear_stale_flows
+from kr_plugins.proxy.healthcheck import HealthCheckServers, health_targets
+from kr_plugins.proxy.rules import PREFIX, ProxyRenderer, ProxySettings, check_consistency, hooks
 
 log = logging.getLogger(__name__)
 
@@ -83,70 +81,6 @@ def proxy_settings(options: Mapping[str, Any]) -> ProxySettings:
         )
     except ValueError as exc:
         raise ProxyError(f"proxy options: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class UdpTargets:
-    """Where a UDP service port's traffic arrives (addresses, node port) and the endpoint addresses
-    kr's rules send it to."""
-
-    addresses: tuple[str, ...]
-    port: int
-    node_port: int | None
-    endpoints: frozenset[str]
-
-
-def udp_targets(desired: DesiredState) -> dict[str, UdpTargets]:
-    """Service port label -> its UDP targets, for every UDP service port."""
-    targets = {}
-    for service in desired.services:
-        if service.protocol is not Protocol.UDP:
-            continue
-        choice = choose(service)
-        used = choice.cluster + (choice.everywhere + choice.local if externally_reachable(service) else ())
-        addresses = tuple(a for a in (*service.cluster_ips, *service.external_ips, *service.load_balancer_ips)
-                          if ":" not in a)
-        targets[service_label(service)] = UdpTargets(addresses, service.port, service.node_port,
-                                                     frozenset(e.address for e in used))
-    return targets
-
-
-def stale_flows(before: Mapping[str, UdpTargets], now: Mapping[str, UdpTargets]) -> list[dict[str, Any]]:
-    """``conntrack.delete_udp_flows`` arguments for flows that would otherwise stick to the past: flows
-    NATed to an endpoint a service port no longer uses, and flows to a service port that had no endpoint
-    and now has one (they were never NATed)."""
-    deletions: list[dict[str, Any]] = []
-    for label, old in before.items():
-        new = now.get(label)
-        for endpoint in sorted(old.endpoints - (new.endpoints if new else frozenset())):
-            deletions += [{"orig_dst": a, "dst_nat": endpoint} for a in old.addresses]
-            if old.node_port is not None:
-                deletions.append({"orig_port_dst": old.node_port, "dst_nat": endpoint})
-    for label, new in now.items():
-        old = before.get(label)
-        if new.endpoints and (old is None or not old.endpoints):
-            deletions += [{"orig_dst": a, "orig_port_dst": new.port} for a in new.addresses]
-            if new.node_port is not None:
-                deletions.append({"orig_port_dst": new.node_port})
-    return deletions
-
-
-def health_targets(desired: DesiredState) -> dict[int, HealthTarget]:
-    """healthCheckNodePort -> what it reports, for Local load-balancer services."""
-    targets: dict[int, HealthTarget] = {}
-    for service in desired.services:
-        port = service.health_check_node_port
-        if port is None or service.external_traffic_policy is not TrafficPolicy.LOCAL:
-            continue
-        local = _count_local(service)
-        seen = targets.get(port)
-        count = max(local, seen.local_endpoints) if seen is not None else local  # one per service, not port
-        targets[port] = HealthTarget(service.namespace, service.name, count)
-    return targets
-
-
-def _count_local(service: ServicePort) -> int:
-    return len({e.address for e in choose(service).local})
 
 
 class IptablesProxy(Backend):
@@ -191,24 +125,9 @@ class IptablesProxy(Backend):
         removed = sum(line.startswith("-X ") for body in bodies.values() for line in body)
         log.debug("proxy sync (full=%s): %d chain(s) written, %d chain(s) removed, %d restore line(s)",
                   reread, written, removed, sum(len(body) for body in bodies.values()))
-        self._clear_stale_flows(desired)
+        self._udp = clear_stale_flows(self._udp, desired)
         for problem in self._health.sync(health_targets(desired)):
             log.error("proxy: %s", problem)
-
-    def _clear_stale_flows(self, desired: DesiredState) -> None:
-        now = udp_targets(desired)
-        before, self._udp = self._udp, now
-        if before is None:
-            return
-        for deletion in stale_flows(before, now):
-            try:
-                deleted = conntrack.delete_udp_flows(**deletion)
-            except KrError as exc:  # stale flows expire on their own: report, do not fail the sync
-                log.warning("proxy: could not delete UDP conntrack entries %s: %s", deletion, exc)
-                continue
-            if deleted:
-                log.info("proxy: deleted %d stale UDP conntrack entr%s %s", deleted, "y" if deleted == 1 else "ies",
-                         deletion)
 
     def _read_kernel(self) -> dict[str, TableState]:
         wanted = hooks()
