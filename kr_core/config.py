@@ -49,6 +49,14 @@ class OptionRegistry:
             self._taken[flag] = owner
         self._added.append(option)
 
+    def add_shared(self, option: click.Option, group: str) -> None:
+        """Add ``option`` on behalf of ``group`` (the backends of one slot, say), once: when another
+        plugin of the group has added the same option already, this does nothing."""
+        owner = f"{group} (shared)"
+        if all(self._taken.get(flag) == owner for flag in (*option.opts, *option.secondary_opts)):
+            return
+        self.add(option, owner)
+
     @property
     def added(self) -> tuple[click.Option, ...]:
         return tuple(self._added)

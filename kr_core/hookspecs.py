@@ -38,7 +38,9 @@ def kr_add_options(options: OptionRegistry) -> None:
 
     Fires once, after the selected plugins are loaded and before the command line is parsed, so a
     plugin's options appear in ``kr run --plugins NAME --help``. Call ``options.add(click.Option(...))``;
-    prefix option names with the plugin's name to avoid clashes (``--bgp-holdtime``).
+    prefix option names with the plugin's name to avoid clashes (``--bgp-holdtime``). Options that
+    several plugins of one slot understand alike (``--masquerade-all`` for every proxy) go through
+    ``options.add_shared(click.Option(...), group="proxy backends")``: added once, whichever asks first.
     """
 
 

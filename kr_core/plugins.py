@@ -213,6 +213,9 @@ class _OwnedRegistry:
     def add(self, option: click.Option) -> None:
         self._registry.add(option, owner=f"plugin {self._owner}")
 
+    def add_shared(self, option: click.Option, group: str) -> None:
+        self._registry.add_shared(option, group)
+
 
 def describe_installed() -> list[dict[str, str]]:
     """Name, slot(s), distribution and version of every installed plugin, for ``kr plugins``.

@@ -22,17 +22,13 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-import click
 
 from kr_core.backends import Backend, BackendContext, BackendSpec
 from kr_core.changes import ChangeSet
 from kr_core.config import OptionRegistry
-from kr_core.errors import KrError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.kernel.command import run
@@ -50,7 +46,8 @@ from kr_plugins.kernel.iptables import (
 from kr_plugins.kernel.sysctl import PROC_SYS, ensure_sysctl
 from kr_plugins.proxy.flows import UdpTargets, clear_stale_flows
 from kr_plugins.proxy.healthcheck import HealthCheckServers, health_targets
-from kr_plugins.proxy.rules import PREFIX, ProxyRenderer, ProxySettings, check_consistency, hooks
+from kr_plugins.proxy.options import ProxyError, add_proxy_options, proxy_settings
+from kr_plugins.proxy.rules import PREFIX, ProxyRenderer, check_consistency, hooks
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +57,8 @@ TABLES = ("nat", "filter")
 BRIDGE_NF_CALL = "net/bridge/bridge-nf-call-iptables"
 
 
-class ProxyError(KrError):
-    """The service proxy could not be programmed."""
-
-
 def owned_chain(name: str) -> bool:
     return name.startswith(PREFIX + "-")
-
-
-def proxy_settings(options: Mapping[str, Any]) -> ProxySettings:
-    """The backend's settings from parsed options (their Python names), defaulting what is absent."""
-    addresses = options.get("nodeport_addresses") or ""
-    try:
-        return ProxySettings(
-            masquerade_all=bool(options.get("masquerade_all", False)),
-            cluster_cidr=options.get("cluster_cidr") or None,
-            nodeport_addresses=tuple(str(ipaddress.ip_network(c.strip(), strict=False))
-                                     for c in addresses.split(",") if c.strip()),
-            masquerade_mark=1 << int(options.get("iptables_masquerade_bit", 14)),
-        )
-    except ValueError as exc:
-        raise ProxyError(f"proxy options: {exc}") from None
 
 
 class IptablesProxy(Backend):
@@ -146,18 +124,7 @@ class IptablesProxy(Backend):
 
 @hookimpl
 def kr_add_options(options: OptionRegistry) -> None:
-    options.add(click.Option(
-        ["--masquerade-all"], is_flag=True, default=False,
-        help="SNAT all traffic to service addresses, not only traffic from outside the pods (kube-router's flag)."))
-    options.add(click.Option(
-        ["--cluster-cidr"], default=None, metavar="CIDR",
-        help="The pods' CIDR: traffic to a ClusterIP from outside it is masqueraded. Default: this node's pod CIDR."))
-    options.add(click.Option(
-        ["--nodeport-addresses"], default="", metavar="CIDR,...",
-        help="Answer NodePorts only on local addresses in these CIDRs. Default: every local address but loopback."))
-    options.add(click.Option(
-        ["--iptables-masquerade-bit"], type=click.IntRange(0, 31), default=14, show_default=True,
-        help="Packet-mark bit marking traffic to masquerade (kube-proxy's flag)."))
+    add_proxy_options(options)
 
 
 @hookimpl

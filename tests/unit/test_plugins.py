@@ -170,8 +170,8 @@ def test_kr_core_never_imports_kr_plugins() -> None:
 
 def test_run_flags_select_default_backends() -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["run", "--run-router=false", "--run-firewall", "false"])
-    assert result.exit_code == 1 and "unknown plugin 'proxy.iptables'" in result.output
+    result = runner.invoke(main, ["run", "--run-router=false", "--run-firewall", "false", "--help"])
+    assert result.exit_code == 0 and "--masquerade-all" in result.output, "proxy.iptables' options are offered"
     result = runner.invoke(main, ["run", "--run-firewall=false", "--run-service-proxy=false", "--run-router"])
     assert result.exit_code == 1 and "unknown plugin 'routing.bgp'" in result.output
     result = runner.invoke(main, ["run", "--run-router=false", "--plugins", "debug.log", "--master", "http://127.0.0.1:9",
@@ -223,3 +223,18 @@ def test_hook_failure_names_the_plugin_and_hook_args_are_optional() -> None:
     assert host.add_options({}) == ()
     with pytest.raises(PluginError, match="plugin 'flaky' failed in kr_backends: RuntimeError: no kernel support"):
         host.backends()
+
+
+def test_shared_options_are_added_once_per_group_and_still_clash_with_others() -> None:
+    def plugin():  # type: ignore[no-untyped-def]
+        @hookimpl
+        def kr_add_options(options):  # type: ignore[no-untyped-def]
+            options.add_shared(click.Option(["--masquerade-all"], is_flag=True), group="proxy backends")
+        return types.SimpleNamespace(kr_add_options=kr_add_options)
+
+    host = PluginHost()
+    host.register(plugin(), "proxy-a")
+    host.register(plugin(), "proxy-b")
+    assert [o.opts for o in host.add_options({})] == [["--masquerade-all"]]
+    with pytest.raises(PluginError, match="--masquerade-all"):
+        host.add_options({"--masquerade-all": "kr"})
