@@ -54,7 +54,7 @@ from kr_plugins.firewall.compile import (
     hooks,
 )
 from kr_plugins.kernel import ipset
-from kr_plugins.kernel.ipset import render_sets
+from kr_plugins.kernel.ipset import parse_save, render_sets
 from kr_plugins.kernel.command import Feed, run
 from kr_plugins.kernel.iptables import (
     Flavour,
@@ -102,28 +102,6 @@ class Programmed:
     table: TableState = field(default_factory=TableState)
     sets: dict[str, IPSetSpec] = field(default_factory=dict)
     stray_sets: list[str] = field(default_factory=list)  # temporary sets a crash left behind
-
-
-def parse_ipset_save(text: str) -> tuple[dict[str, IPSetSpec], list[str]]:
-    """kr's sets (type and members) and its left-over temporary sets from ``ipset save``."""
-    types: dict[str, str] = {}
-    members: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        words = line.split(" ", 2)
-        if len(words) < 3 or not owned_set(words[1]):
-            continue
-        if words[0] == "create":
-            types[words[1]] = words[2].split(" ", 1)[0]
-            members[words[1]] = []
-        elif words[0] == "add":
-            members.setdefault(words[1], []).append(words[2])
-    sets, stray = {}, []
-    for name, set_type in types.items():
-        if name.endswith(ipset.TEMP_SUFFIX):
-            stray.append(name)
-        else:
-            sets[name] = IPSetSpec(set_type, frozenset(members[name]))
-    return sets, stray
 
 
 # --- restore text
@@ -216,7 +194,7 @@ class IptablesFirewall(Backend):
 
     def _read_kernel(self) -> Programmed:
         save = run([self.flavour.save_command, "-t", TABLE])
-        sets, stray = parse_ipset_save(run(["ipset", "save"]))
+        sets, stray = parse_save(run(["ipset", "save"]), owned_set)
         return Programmed(parse_table_save(table_lines(save, TABLE), owned_chain, hooks()), sets, stray)
 
     def cleanup(self) -> None:

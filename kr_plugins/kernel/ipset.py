@@ -13,7 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from kr_plugins.kernel.command import Feed, run
@@ -86,6 +86,29 @@ def render_sets(wanted: Mapping[str, IPSetSpec], names: Iterable[str], current: 
             raise ValueError(f"ipset {name} exists as {now.type}, not {spec.type}")
         parts.append(render_update(name, spec.type, spec.members, members))
     return "".join(parts)
+
+
+def parse_save(text: str, owned: Callable[[str], bool]) -> tuple[dict[str, IPSetSpec], list[str]]:
+    """The sets ``owned`` accepts (type and members), and the temporary sets of theirs a crash left
+    behind, from ``ipset save``."""
+    types: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split(" ", 2)
+        if len(words) < 3 or not owned(words[1]):
+            continue
+        if words[0] == "create":
+            types[words[1]] = words[2].split(" ", 1)[0]
+            members[words[1]] = []
+        elif words[0] == "add":
+            members.setdefault(words[1], []).append(words[2])
+    sets, stray = {}, []
+    for name, set_type in types.items():
+        if name.endswith(TEMP_SUFFIX):
+            stray.append(name)
+        else:
+            sets[name] = IPSetSpec(set_type, frozenset(members[name]))
+    return sets, stray
 
 
 def restore(text: str) -> None:
