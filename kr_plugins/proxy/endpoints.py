@@ -44,6 +44,12 @@ def externally_reachable(service: ServicePort) -> bool:
     return service.type is not ServiceType.CLUSTER_IP or bool(service.external_ips)
 
 
+def node_port(service: ServicePort) -> int | None:
+    """The service port's node port; only NodePort and LoadBalancer services have one (the API server
+    allocates none for others, and kube-proxy ignores one a ClusterIP service might carry)."""
+    return service.node_port if service.type is not ServiceType.CLUSTER_IP else None
+
+
 def choose(service: ServicePort) -> EndpointChoice:
     everywhere = usable(service.endpoints)
     local = usable(e for e in service.endpoints if e.is_local)

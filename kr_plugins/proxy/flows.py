@@ -16,7 +16,7 @@ from typing import Any
 from kr_core.errors import KrError
 from kr_core.model import DesiredState, Protocol
 from kr_plugins.kernel import conntrack
-from kr_plugins.proxy.endpoints import choose, externally_reachable
+from kr_plugins.proxy.endpoints import choose, externally_reachable, node_port
 from kr_plugins.proxy.rules import service_label
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def udp_targets(desired: DesiredState) -> dict[str, UdpTargets]:
         used = choice.cluster + (choice.everywhere + choice.local if externally_reachable(service) else ())
         addresses = tuple(a for a in (*service.cluster_ips, *service.external_ips, *service.load_balancer_ips)
                           if ":" not in a)
-        targets[service_label(service)] = UdpTargets(addresses, service.port, service.node_port,
+        targets[service_label(service)] = UdpTargets(addresses, service.port, node_port(service),
                                                      frozenset(e.address for e in used))
     return targets
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
 from kr_plugins.kernel.ipset import IPSetSpec
-from kr_plugins.proxy.endpoints import choose, externally_reachable
+from kr_plugins.proxy.endpoints import choose, externally_reachable, node_port
 from kr_plugins.proxy.rules import ProxySettings, service_label
 
 SCHEDULER_ANNOTATION = "kube-router.io/service.scheduler"
@@ -146,11 +146,12 @@ def plan_ipvs(desired: DesiredState, settings: ProxySettings) -> IpvsPlan:
                 add(address, service.port, choice.external, vip=True)
                 if cluster_policy:
                     members[MASQ_SET].add(f"{address},{proto}:{service.port}")
-            if service.node_port is not None:
+            number = node_port(service)
+            if number is not None:
                 for address in node_ips:
-                    add(address, service.node_port, choice.external, vip=False)
+                    add(address, number, choice.external, vip=False)
                     if cluster_policy:
-                        members[MASQ_SET].add(f"{address},{proto}:{service.node_port}")
+                        members[MASQ_SET].add(f"{address},{proto}:{number}")
     sets = {name: IPSetSpec(set_type, frozenset(members[name])) for name, set_type in (
         (VIPS_SET, "hash:ip"), (VIP_PORTS_SET, "hash:ip,port"), (MASQ_SET, "hash:ip,port"),
         (CLUSTER_SET, "hash:ip,port"), (LOOPBACK_SET, "hash:ip,port,ip"))}

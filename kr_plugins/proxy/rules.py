@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
 from kr_plugins.kernel.iptables import referenced, save_string
 from kr_plugins.kernel.names import digest
-from kr_plugins.proxy.endpoints import choose, externally_reachable
+from kr_plugins.proxy.endpoints import choose, externally_reachable, node_port
 
 PREFIX = "KR-PX"
 SERVICES = "KR-PX-SERVICES"
@@ -204,8 +204,8 @@ def render_service(service: ServicePort, settings: ProxySettings, local_cidrs: t
                 filter_rules.append(f"{to(address, why)} -j {verdict}")
             elif ranges:
                 filter_rules.append(f"{to(address, 'is not allowed from this source')} -j DROP")
-        if service.node_port is not None:
-            port = f"-m {proto} --dport {service.node_port}"
+        if node_port(service) is not None:
+            port = f"-m {proto} --dport {node_port(service)}"
             if outside:
                 nodeports.append(f"-p {proto} -m comment --comment {save_string(label)} {port} -j {ext}")
             if unserved:
