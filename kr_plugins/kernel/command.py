@@ -12,11 +12,13 @@ import subprocess
 from collections.abc import Sequence
 from typing import IO
 
+from kr_core.errors import KrError
+
 #: Tools print parseable, untranslated output in the C locale.
 _ENV = {**os.environ, "LC_ALL": "C"}
 
 
-class CommandError(RuntimeError):
+class CommandError(KrError):
     """A kernel tool failed; the message names the command and quotes its stderr."""
 
 

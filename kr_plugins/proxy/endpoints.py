@@ -51,8 +51,10 @@ def node_port(service: ServicePort) -> int | None:
 
 
 def choose(service: ServicePort) -> EndpointChoice:
-    everywhere = usable(service.endpoints)
-    local = usable(e for e in service.endpoints if e.is_local)
+    """The IPv4 endpoints (kr's proxies are IPv4 only; a dual-stack pod's IPv6 address is left out)."""
+    ipv4 = [e for e in service.endpoints if ":" not in e.address]
+    everywhere = usable(ipv4)
+    local = usable(e for e in ipv4 if e.is_local)
     return EndpointChoice(
         everywhere=everywhere,
         local=local,

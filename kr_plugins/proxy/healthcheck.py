@@ -18,12 +18,12 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import socketserver
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kr_core.model import DesiredState, ServicePort, TrafficPolicy
-from kr_plugins.proxy.endpoints import choose
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     target: HealthTarget
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's name (a DNS query that can stall a sync for seconds)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -113,4 +118,6 @@ def health_targets(desired: DesiredState) -> dict[int, HealthTarget]:
 
 
 def _count_local(service: ServicePort) -> int:
-    return len({e.address for e in choose(service).local})
+    """This node's ready IPv4 endpoints: only terminating ones left means failing the check, so the load
+    balancer drains this node while they finish (kube-proxy, KEP-1669)."""
+    return len({e.address for e in service.endpoints if e.is_local and e.ready and ":" not in e.address})
