@@ -194,15 +194,17 @@ def render_service(service: ServicePort, settings: ProxySettings, local_cidrs: t
                 dispatch.append((address, f"{to(address, 'external IP')} -j {ext}"))
             if unserved:
                 filter_rules.append(f"{to(address, why)} -j {verdict}")
+        # source ranges of the other family only still restrict: no IPv4 source is allowed then
+        restricted = bool(service.load_balancer_source_ranges)
         ranges = _ipv4(service.load_balancer_source_ranges)
         for address in _ipv4(service.load_balancer_ips):
             if outside:
-                if ranges:
+                if restricted:
                     chains[lbs] = tuple(f"-s {cidr} -j {ext}" for cidr in ranges)
-                dispatch.append((address, f"{to(address, 'loadbalancer IP')} -j {lbs if ranges else ext}"))
+                dispatch.append((address, f"{to(address, 'loadbalancer IP')} -j {lbs if restricted else ext}"))
             if unserved:
                 filter_rules.append(f"{to(address, why)} -j {verdict}")
-            elif ranges:
+            elif restricted:
                 filter_rules.append(f"{to(address, 'is not allowed from this source')} -j DROP")
         if node_port(service) is not None:
             port = f"-m {proto} --dport {node_port(service)}"

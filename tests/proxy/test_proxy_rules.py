@@ -262,6 +262,14 @@ def test_load_balancer_source_ranges_let_only_those_sources_in() -> None:
                                 'from this source" -m tcp --dport 80 -j DROP'),)
     # the node port is not limited by the ranges (as in Kubernetes)
     assert jump_target(the(list(nat(r)[NODEPORTS]))) == ext
+    # ranges of the other family only still restrict: no IPv4 source gets in
+    objects = copy.deepcopy(CASES["loadbalancer-source-ranges"][0])
+    for obj in objects:
+        if obj.get("spec", {}).get("loadBalancerSourceRanges"):
+            obj["spec"]["loadBalancerSourceRanges"] = ["2001:db8::/32"]
+    r = render(objects)
+    assert nat(r)[the(dispatched(r, "default/web:http loadbalancer IP"))] == ()
+    assert "-j DROP" in the(list(filter_rules(r)))
 
 
 def test_external_traffic_policy_local_keeps_outside_traffic_on_this_nodes_endpoints() -> None:
