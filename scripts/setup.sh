@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # System packages: the datapath tools the backends drive, the BGP daemon the tests peer with, and
 # Python's venv module (a separate package on Debian).
-packages=(iproute2 iptables ipset conntrack bird2 procps python3 python3-venv python3-pip ca-certificates)
+packages=(iproute2 iptables ipset conntrack bird2 procps python3 python3-venv python3-pip ca-certificates user-mode-linux)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
