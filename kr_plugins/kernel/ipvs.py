@@ -50,9 +50,10 @@ class RealRecord:
 
 
 def _get(record: Mapping[str, Any], name: str, prefix: str) -> Any:
-    """A field of a pyroute2 IPVS record, under its short or its netlink attribute name."""
-    value = record.get(name)
-    return record.get(prefix + name.upper()) if value is None else value
+    """A field of a pyroute2 IPVS record: its netlink attribute if the kernel sent it, else the short
+    name (pyroute2 pre-fills some short names, timeout and flags among them, with defaults)."""
+    value = record.get(prefix + name.upper())
+    return record.get(name) if value is None else value
 
 
 class IpvsKernel:
