@@ -2,7 +2,10 @@
 
 ``python -m kr_lab.echo --identity NS/NAME --listen 8080/TCP --listen 5353/UDP --listen 7777/SCTP
 [--ready-file F]`` serves all its ports from one thread with ``selectors``: a TCP or SCTP (one-to-one,
-``SOCK_STREAM``) connection gets ``NS/NAME\\n`` and is closed; a UDP datagram gets ``NS/NAME\\n`` back.
+``SOCK_STREAM``) connection gets ``NS/NAME\\n`` then the address it came from as ``IP:PORT\\n``, and is
+closed; a UDP datagram gets the same two lines back in one datagram. The first line is the identity, so a
+client that reads one line sees what it always did; the second says which source address the pod saw
+(after any NAT on the way), which is how tests tell masqueraded from client-preserving paths.
 ``start()`` launches one inside a network namespace and returns once it listens.
 
 Invariants:
@@ -57,14 +60,18 @@ def _listener(port: int, protocol: str) -> socket.socket:
     return sock
 
 
-def _answer_stream(listener: socket.socket, reply: bytes) -> None:
+def _reply(identity: bytes, peer: tuple[str, int]) -> bytes:
+    return identity + f"{peer[0]}:{peer[1]}\n".encode()
+
+
+def _answer_stream(listener: socket.socket, identity: bytes) -> None:
     try:
-        conn, _ = listener.accept()
+        conn, peer = listener.accept()
     except OSError:
         return
     with conn:
         try:
-            conn.send(reply)
+            conn.send(_reply(identity, peer))
             conn.shutdown(socket.SHUT_WR)
             # Drain what the client already sent, so closing sends FIN rather than RST (which could
             # overtake the reply at the client).
@@ -73,17 +80,17 @@ def _answer_stream(listener: socket.socket, reply: bytes) -> None:
             pass
 
 
-def _answer_datagram(sock: socket.socket, reply: bytes) -> None:
+def _answer_datagram(sock: socket.socket, identity: bytes) -> None:
     try:
         _, peer = sock.recvfrom(65535)
-        sock.sendto(reply, peer)
+        sock.sendto(_reply(identity, peer), peer)
     except OSError:
         pass
 
 
 def serve(identity: str, listens: Sequence[tuple[int, str]], ready_file: str | None = None) -> None:
     """Serve ``identity`` on every ``(port, protocol)`` until a signal ends the process."""
-    reply = f"{identity}\n".encode()
+    line = f"{identity}\n".encode()
     selector = selectors.DefaultSelector()
     serving = []
     for port, protocol in listens:
@@ -104,7 +111,7 @@ def serve(identity: str, listens: Sequence[tuple[int, str]], ready_file: str | N
     print(f"echo {identity}: serving {' '.join(serving) or 'nothing'}", file=sys.stderr, flush=True)
     while True:
         for key, _ in selector.select():
-            key.data(key.fileobj, reply)
+            key.data(key.fileobj, line)
 
 
 def start(netns: str, identity: str, listens: Sequence[tuple[int, str]], log_file: str | os.PathLike[str],

@@ -2,7 +2,8 @@
 
 ``probe`` opens a socket from a thread that entered the source namespace (``nsenter``), so the packets
 start exactly where a pod's or host's would. TCP and SCTP count as connected once the handshake completes
-(the answer is the identity line the echo server then sends); UDP counts once a reply datagram arrives.
+(the answer is the identity line the echo server then sends, the peer the address line after it: where
+the server saw the connection come from); UDP counts once a reply datagram arrives.
 ``probe_matrix`` runs many probes at once on a pool of threads, each entering its source per probe.
 
 Invariants:
@@ -33,12 +34,19 @@ _ERRORS = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "timeout", errno.EHOS
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """One probe's outcome: ``ok`` when connected (TCP/SCTP) or answered (UDP); ``answer`` is the identity line."""
+    """One probe's outcome: ``ok`` when connected (TCP/SCTP) or answered (UDP); ``answer`` is the identity
+    line; ``peer`` is the ``IP:PORT`` the server saw the probe come from (None when it did not say)."""
 
     ok: bool
     answer: str | None
     error: str | None  # refused | timeout | unreachable | unsupported | reset | denied | errno name
     elapsed: float
+    peer: str | None = None
+
+    @property
+    def peer_ip(self) -> str | None:
+        """The address part of ``peer``."""
+        return self.peer.rpartition(":")[0] if self.peer else None
 
 
 def probe(from_netns: str, to_ip: str, port: int, protocol: str, timeout: float) -> ProbeResult:
@@ -66,8 +74,8 @@ def _probe_here(to_ip: str, port: int, protocol: str, timeout: float) -> ProbeRe
     kind, proto = _SOCKET_TYPES[protocol]
     started = time.monotonic()
 
-    def result(ok: bool, answer: str | None = None, error: str | None = None) -> ProbeResult:
-        return ProbeResult(ok, answer, error, time.monotonic() - started)
+    def result(ok: bool, lines: tuple[str | None, str | None] = (None, None), error: str | None = None) -> ProbeResult:
+        return ProbeResult(ok, lines[0], error, time.monotonic() - started, lines[1])
 
     try:
         sock = socket.socket(socket.AF_INET, kind, proto)
@@ -79,19 +87,19 @@ def _probe_here(to_ip: str, port: int, protocol: str, timeout: float) -> ProbeRe
             sock.connect((to_ip, port))  # for UDP: fixes the peer, so ICMP errors come back on recv
             if kind == socket.SOCK_DGRAM:
                 sock.send(b"probe\n")
-                return result(True, _line(sock.recv(65535)))
+                return result(True, _lines(sock.recv(65535)))
         except TimeoutError:
             return result(False, error="timeout")
         except OSError as exc:
             return result(False, error=_error_name(exc))
-        return result(True, _read_line(sock, started + timeout))
+        return result(True, _read_lines(sock, started + timeout))
 
 
-def _read_line(sock: socket.socket, deadline: float) -> str | None:
-    """Read the server's first line until EOF, a newline or the deadline; None when it said nothing."""
+def _read_lines(sock: socket.socket, deadline: float) -> tuple[str | None, str | None]:
+    """Read the server's identity and peer lines until EOF, the second newline or the deadline."""
     data = b""
     try:
-        while b"\n" not in data:
+        while data.count(b"\n") < 2:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -102,12 +110,14 @@ def _read_line(sock: socket.socket, deadline: float) -> str | None:
             data += chunk
     except OSError:  # a reset or a timeout after connecting: keep what arrived
         pass
-    return _line(data)
+    return _lines(data)
 
 
-def _line(data: bytes) -> str | None:
-    text = data.decode(errors="replace").split("\n", 1)[0].strip()
-    return text or None
+def _lines(data: bytes) -> tuple[str | None, str | None]:
+    """The first two lines of a reply (None for each that is missing or empty)."""
+    lines = data.decode(errors="replace").split("\n")[:2]
+    identity, peer = (lines + ["", ""])[:2]
+    return identity.strip() or None, peer.strip() or None
 
 
 def _error_name(exc: OSError) -> str:

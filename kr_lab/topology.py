@@ -8,7 +8,8 @@ Names (the rest of the lab finds everything by them, so they are the contract):
   host address, forwarding on;
 - ``kr<id>-h-<host>`` is the master, a node or an external host: ``eth0`` on its LAN, a default route via
   the router when there is one. A node also has ``kube-bridge`` holding its pod CIDR's first host address
-  (the pods' gateway), ``ip_forward=1`` and ``bridge-nf-call-iptables=1``;
+  (the pods' gateway), a route for the service CIDR on ``eth0`` (standing in for a real node's default
+  route), ``ip_forward=1`` and ``bridge-nf-call-iptables=1``;
 - ``kr<id>-p-<k8s namespace>-<pod>`` is a pod: ``eth0`` (MTU 1450) with its IP and a default route via the
   gateway; the peer in the node is ``veth<8 hex of sha256("ns/name")>``, a kube-bridge port in hairpin mode;
 - a name longer than 60 characters keeps its first 51 and gets ``-<8 hex of sha256(full name)>``.
@@ -136,7 +137,10 @@ def _add_host(lab_id: str, spec: LabSpec, host: Host, switch_port: str) -> None:
         lines.append(f"route add default via {router}")
     if host.role == "node" and host.pod_cidr is not None:
         lines += [f"link add {BRIDGE} type bridge", f"addr add {gateway(host.pod_cidr)} dev {BRIDGE}",
-                  f"link set {BRIDGE} up"]
+                  f"link set {BRIDGE} up",
+                  # what a real node's default route gives it: the node's own stack reaches ClusterIPs
+                  # (routing comes before OUTPUT's DNAT), and rejects of service ports are reached
+                  f"route add {spec.service_cidr} dev eth0"]
         netns.set_sysctls(ns, NODE_SYSCTLS)
     netns.ip_batch(lines, ns)
 
@@ -156,10 +160,14 @@ def add_pod(lab_id: str, spec: LabSpec, pod: PodSpec, ip: ipaddress.IPv4Address,
     netns.create(ns)
     try:
         netns.add_veth(ns, "eth0", node_ns, peer, mtu=POD_MTU)
-        netns.ip_batch([f"addr add {ip}/{node.pod_cidr.prefixlen} dev eth0", "link set eth0 up",
-                        f"route add default via {gw.ip}"], ns)
+        # a pod reusing a deleted pod's address announces its MAC (gratuitous ARP when eth0 comes up),
+        # and the node forgets the old one, so nobody keeps sending to the departed pod
+        netns.set_sysctls(ns, {"net.ipv4.conf.eth0.arp_notify": 1})
+        netns.ip_batch([f"neigh flush to {ip} dev {BRIDGE}"], node_ns)
         netns.ip_batch([f"link set {peer} master {BRIDGE}", f"link set {peer} type bridge_slave hairpin on",
                         f"link set {peer} up"], node_ns)
+        netns.ip_batch([f"addr add {ip}/{node.pod_cidr.prefixlen} dev eth0", "link set eth0 up",
+                        f"route add default via {gw.ip}"], ns)
         echo.start(ns, pod.key, [(p.port, p.protocol) for p in pod.ports], log_file)
     except echo.EchoStartError as exc:
         remove_pod(lab_id, pod.namespace, pod.name)

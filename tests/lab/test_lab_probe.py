@@ -96,7 +96,8 @@ def test_echo_survives_bad_clients(default_lab: Lab, server: tuple[str, int]) ->
                 s.connect(("127.0.0.1", 7000))
         with socket.create_connection(("127.0.0.1", 7000)) as s:  # talk first, and a lot
             s.sendall(b"GET / HTTP/1.0\r\n\r\n" * 1000)
-            assert s.recv(100) == b"host/master\n"
+            # the identity, then the address the server saw the connection come from
+            assert s.recv(100) == b"host/master\n127.0.0.1:%d\n" % s.getsockname()[1]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # empty and oversized datagrams
             s.sendto(b"", ("127.0.0.1", 7000))
             s.sendto(b"x" * 65000, ("127.0.0.1", 7000))
