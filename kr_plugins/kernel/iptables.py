@@ -4,7 +4,8 @@ Flavour: a host runs its rules through either iptables-legacy (x_tables) or ipta
 Both work in one namespace at once, and both hook sets then run, so kr must write where everybody else
 does. ``detect_flavour`` decides as kubernetes-sigs/iptables-wrappers does: the flavour holding
 Kubernetes' marker chains (``KUBE-IPTABLES-HINT``, ``KUBE-KUBELET-CANARY``) or kr's own ``KR-`` chains
-wins; otherwise the one with more rules; otherwise the default ``iptables`` command's (``iptables -V``).
+wins; otherwise the one with more rules; otherwise the default ``iptables`` command's (``iptables -V``),
+unless that is iptables-nft and a commit fails (a kernel without nf_tables), which leaves legacy.
 A backend detects once and keeps the answer, so it never writes half its rules to each flavour.
 
 Invariants:
@@ -31,7 +32,8 @@ from kr_plugins.kernel.command import CommandError, ToolMissing, run
 OWNED_PREFIX = "KR-"
 #: Chains kubelet and kube-proxy create to tell the other tools which flavour the host uses.
 KUBE_MARKER_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
-_WAIT = "-w"  # wait for the xtables lock instead of failing while another tool holds it
+_WAIT = "-w"
+_PROBE_CHAIN = "KR-FLAVOUR-PROBE"  # wait for the xtables lock instead of failing while another tool holds it
 
 
 class Flavour(StrEnum):
@@ -106,7 +108,20 @@ def detect_flavour() -> Flavour:
         if legacy is nft:
             raise CommandError("neither iptables-legacy nor iptables-nft is installed")
         return Flavour.NFT if legacy is None else Flavour.LEGACY
-    return choose_flavour(legacy, nft, default_flavour(run(["iptables", "-V"])))
+    chosen = choose_flavour(legacy, nft, default_flavour(run(["iptables", "-V"])))
+    if chosen is Flavour.NFT and nft.rules == 0 and not nft.markers and not _commits(Flavour.NFT):
+        return Flavour.LEGACY  # iptables-nft installed as the default, but this kernel has no nf_tables
+    return chosen
+
+
+def _commits(flavour: Flavour) -> bool:
+    """Whether ``flavour`` can commit a change here: its tools list an empty ruleset even on a kernel
+    without its backend, so only a real commit (a scratch chain, created and deleted at once) tells."""
+    try:
+        IptablesRestore(flavour).restore(f"*filter\n:{_PROBE_CHAIN} - [0:0]\n-X {_PROBE_CHAIN}\nCOMMIT\n")
+    except CommandError:
+        return False
+    return True
 
 
 # --- restore text: ownership and removal

@@ -145,3 +145,24 @@ def test_table_state_hooks_coexist_with_other_kr_hooks_but_not_behind_foreign_ru
         "*filter\n:KR-B - [0:0]\n-I FORWARD 1 -j KR-B\nCOMMIT\n")
     assert restore_text({"nat": []}) is None
     assert [save_string(t) for t in ("abc-d_E9", "a/b", "kr: x")] == ["abc-d_E9", '"a/b"', '"kr: x"']
+
+
+def test_a_default_nft_that_cannot_commit_leaves_legacy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel without nf_tables (the UML guest's) lists empty nft tables but refuses every commit."""
+    import kr_plugins.kernel.iptables as iptables
+    from kr_plugins.kernel.command import CommandError
+
+    def run(argv, input_text=None):  # type: ignore[no-untyped-def]
+        if argv[0] == "iptables":
+            return "iptables v1.8.9 (nf_tables)\n"
+        if argv[0] == "iptables-nft-restore":
+            if commits:
+                return ""
+            raise CommandError("iptables-nft-restore: TABLE_ADD failed (Operation not supported)")
+        return ""  # both saves: empty rulesets
+
+    monkeypatch.setattr(iptables, "run", run)
+    commits = False
+    assert iptables.detect_flavour() is iptables.Flavour.LEGACY
+    commits = True
+    assert iptables.detect_flavour() is iptables.Flavour.NFT
