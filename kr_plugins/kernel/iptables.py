@@ -335,6 +335,8 @@ class IptablesRestore:
                 if line.startswith("-A ")]
 
     def restore(self, text: str) -> None:
-        """Apply ``text`` atomically per table, after checking it touches only kr's chains."""
+        """Apply ``text`` atomically per table, after checking it touches only kr's chains. A large
+        input may take minutes (500,000 lines: over a minute with iptables-nft), so the time allowed
+        grows with it."""
         check_owned(text)
-        run([self.flavour.restore_command, "--noflush", _WAIT], text)
+        run([self.flavour.restore_command, "--noflush", _WAIT], text, timeout=60 + text.count("\n") / 2000)

@@ -88,13 +88,14 @@ class IptablesProxy(Backend):
 
     def sync(self, desired: DesiredState, *, full: bool, changed: ChangeSet) -> None:
         ruleset = self._renderer.render(desired)
-        check_consistency(ruleset)
         reread = full or self._programmed is None
         programmed = self._read_kernel() if reread else self._programmed
         assert programmed is not None
         self._programmed = None  # until this sync has succeeded
         bodies = {table: render_table(table, ruleset.tables[table], ruleset.hooks[table], programmed[table])
                   for table in TABLES}
+        check_consistency(ruleset, only={table: [line[1:].split(" ", 1)[0] for line in body if line.startswith(":")]
+                                         for table, body in bodies.items()})
         text = restore_text(bodies)
         if text is not None:
             IptablesRestore(self.flavour).restore(text)

@@ -28,7 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
@@ -294,15 +294,18 @@ class InconsistentRuleset(ValueError):
 BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "REJECT", "DNAT", "MARK", "MASQUERADE"})
 
 
-def check_consistency(ruleset: ProxyRuleset) -> None:
+def check_consistency(ruleset: ProxyRuleset, only: Mapping[str, Iterable[str]] | None = None) -> None:
     """Raise ``InconsistentRuleset`` listing every problem: a chain name that is not kr's proxy's or
-    too long, or a rule (or hook) jumping to a chain its table does not define."""
+    too long, or a rule (or hook) jumping to a chain its table does not define. ``only`` (table ->
+    chain names) limits the check to those chains, the ones a sync writes: the others were checked when
+    they were written, and the kernel refuses to delete a chain something still jumps to."""
     problems = []
     for table, chains in ruleset.tables.items():
-        for name, rules in chains.items():
+        names = chains if only is None else [name for name in only.get(table, ()) if name in chains]
+        for name in names:
             if not name.startswith(PREFIX + "-") or len(name) > MAX_CHAIN:
                 problems.append(f"{table}: chain name {name!r} is not {PREFIX}-* within {MAX_CHAIN} characters")
-            for rule in rules:
+            for rule in chains[name]:
                 problems += [f"{table}/{name}: jumps to undefined chain {target}: {rule}"
                              for kind, target in referenced(rule)
                              if kind == "chain" and target not in chains and target not in BUILTIN_TARGETS]

@@ -572,3 +572,11 @@ def test_a_renderer_kept_across_changes_equals_a_fresh_render(settings: ProxySet
                           if name.startswith("KR-PX-SEP-"))
         last = kept
     assert reused > 300  # the renderer did keep rules: the comparison above was not between two fresh renders
+
+
+def test_consistency_check_can_be_limited_to_the_chains_a_sync_writes() -> None:
+    bad = ProxyRuleset(tables={"nat": {"KR-PX-A": ("-j KR-PX-MISSING",), "KR-PX-B": ("-j KR-PX-A",)}},
+                       hooks={"nat": ()})
+    check_consistency(bad, only={"nat": ["KR-PX-B"]})
+    with pytest.raises(InconsistentRuleset, match="KR-PX-MISSING"):
+        check_consistency(bad, only={"nat": ["KR-PX-A", "KR-PX-B"]})
