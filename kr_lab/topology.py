@@ -7,7 +7,7 @@ Names (the rest of the lab finds everything by them, so they are the contract):
 - ``kr<id>-rt`` is the router, only when there are 2+ LANs: ``eth<i>`` on LAN ``i`` with the LAN's first
   host address, forwarding on;
 - ``kr<id>-h-<host>`` is the master, a node or an external host: ``eth0`` on its LAN, a default route via
-  the router when there is one. A node also has ``kube-bridge`` holding its pod CIDR's first host address
+  the router when there is one. A node also has ``kube-bridge`` (a fixed MAC) holding its pod CIDR's first host address
   (the pods' gateway), a route for the service CIDR on ``eth0`` (standing in for a real node's default
   route), ``ip_forward=1`` and ``bridge-nf-call-iptables=1``;
 - ``kr<id>-p-<k8s namespace>-<pod>`` is a pod: ``eth0`` (MTU 1450) with its IP and a default route via the
@@ -136,13 +136,22 @@ def _add_host(lab_id: str, spec: LabSpec, host: Host, switch_port: str) -> None:
     if (router := spec.router_ip(host.lan)) is not None:
         lines.append(f"route add default via {router}")
     if host.role == "node" and host.pod_cidr is not None:
-        lines += [f"link add {BRIDGE} type bridge", f"addr add {gateway(host.pod_cidr)} dev {BRIDGE}",
+        # a fixed MAC (as the CNI bridge plugin sets): a bridge without one takes its ports' lowest, which
+        # changes as pods come and go and leaves pods sending to a gateway MAC nobody has any more
+        lines += [f"link add {BRIDGE} address {bridge_mac(host.name)} type bridge",
+                  f"addr add {gateway(host.pod_cidr)} dev {BRIDGE}",
                   f"link set {BRIDGE} up",
                   # what a real node's default route gives it: the node's own stack reaches ClusterIPs
                   # (routing comes before OUTPUT's DNAT), and rejects of service ports are reached
                   f"route add {spec.service_cidr} dev eth0"]
         netns.set_sysctls(ns, NODE_SYSCTLS)
     netns.ip_batch(lines, ns)
+
+
+def bridge_mac(node: str) -> str:
+    """A node's ``kube-bridge`` MAC: locally administered, unicast, derived from the node's name."""
+    digest = hashlib.sha256(f"kube-bridge/{node}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def add_pod(lab_id: str, spec: LabSpec, pod: PodSpec, ip: ipaddress.IPv4Address, log_file: str | Path) -> str:

@@ -12,7 +12,7 @@ in kube-router's design (see docs/proxy.md):
   the names ``sh-fallback``, ``sh-port``, ``mh-fallback``, ``mh-port``); ``sessionAffinity: ClientIP``
   makes the service persistent for its timeout;
 - service addresses are local addresses of the node, so a filter rule guarded by two ipsets refuses
-  everything sent to them but their service ports (``KR-PX-VIPS`` hash:ip, ``KR-PX-VIP-PORTS``
+  every new connection to them but to their service ports (``KR-PX-VIPS`` hash:ip, ``KR-PX-VIP-PORTS``
   hash:ip,port); traffic to mark for SNAT is found by ipsets too (outside traffic of Cluster-policy
   services, ClusterIP traffic from outside the pods), and a pod reaching itself through its service by
   ``KR-PX-LOOPBACK`` (hash:ip,port,ip), as kube-proxy's IPVS mode does.
@@ -176,8 +176,10 @@ def chains(desired: DesiredState, settings: ProxySettings) -> dict[str, dict[str
                            f"-m mark ! --mark {mark}/{mark} -j RETURN", f"-j MARK --set-xmark 0x0/{mark}",
                            "-j MASQUERADE --random-fully"),
     }
-    guard = (f"-m set --match-set {VIPS_SET} dst -m set ! --match-set {VIP_PORTS_SET} dst,dst "
-             f"-j REJECT --reject-with icmp-port-unreachable",)
+    # only new connections: replies to the node's own connections to a service address (source: that
+    # address) come back to it on the client's port, which is no service port (kube-proxy's KUBE-IPVS-FILTER)
+    guard = ((f"-m conntrack --ctstate NEW -m set --match-set {VIPS_SET} dst "
+              f"-m set ! --match-set {VIP_PORTS_SET} dst,dst -j REJECT --reject-with icmp-port-unreachable"),)
     return {"nat": nat, "filter": {IPVS_GUARD: guard}}
 
 

@@ -1,5 +1,11 @@
-"""The service proxy (``proxy.iptables``) end to end: real connections through a lab running
-``routing.static,proxy.iptables`` on three nodes, with endpoints on several nodes.
+"""The service proxy end to end: real connections through a lab running ``routing.static,<proxy>`` on three
+nodes, with endpoints on several nodes.
+
+The proxy is ``proxy.iptables``, or the backend ``KR_LAB_PROXY`` names: ``proxy.ipvs`` needs a kernel with
+IPVS, so tests/guest/test_guest_lab_proxy.py runs this module in the UML guest kernel with
+``KR_LAB_PROXY=proxy.ipvs``. Both backends must pass the same tests; where their documented behaviour
+differs (IPVS refuses traffic for a virtual service without real servers, where proxy.iptables drops
+traffic that has no local endpoint), the expectation says so.
 
 One lab (the default spec) serves the whole module; it is taken down at teardown, also on failure. Tests
 are independent of order: each creates its own Services (and pods, where it removes some) under names no
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -34,9 +41,12 @@ from kr_lab.lab import Lab
 from kr_lab.nsenter import run_in_netns
 from kr_lab.probe import ProbeResult, probe, probe_matrix
 from kr_lab.state import LabError, StateDir
+from kr_plugins.kernel.ipvs import IpvsKernel
 
 KR = str(Path(sys.executable).with_name("kr"))
-PLUGINS = "routing.static,proxy.iptables"
+PROXY = os.environ.get("KR_LAB_PROXY", "proxy.iptables")
+PLUGINS = f"routing.static,{PROXY}"
+IPVS = PROXY == "proxy.ipvs"
 NODES = {"kube-node1": "192.168.56.11", "kube-node2": "192.168.56.12", "kube-node3": "192.168.56.13"}
 CLIENT = "client"
 CLIENT_IP = "192.168.56.100"
@@ -121,11 +131,33 @@ class ProxyLab:
                timeout: float = 1.0) -> list[ProbeResult]:
         return self.probes([(source, ip, port, protocol)] * count, timeout)
 
-    def nat_rules(self, node: str) -> str:
-        """kr's nat rules on ``node``: shown when an assertion fails."""
-        out = subprocess.run(["ip", "netns", "exec", self.netns(node), "iptables-save", "-t", "nat"],
-                             capture_output=True, text=True, check=False).stdout
-        return "\n".join(line for line in out.splitlines() if "KR-PX" in line)
+    def dataplane(self, node: str) -> str:
+        """kr's dataplane on ``node``, shown when an assertion fails: its nat rules, and with proxy.ipvs
+        its filter rules and IPVS table too."""
+        if not IPVS:
+            out = subprocess.run(["ip", "netns", "exec", self.netns(node), "iptables-save", "-t", "nat"],
+                                 capture_output=True, text=True, check=False).stdout
+            return "\n".join(line for line in out.splitlines() if "KR-PX" in line)
+        rules: dict[str, None] = {}  # whichever flavour the node uses (legacy where there is no nf_tables)
+        for save in ("iptables-save", "iptables-legacy-save"):
+            out = subprocess.run(["ip", "netns", "exec", self.netns(node), save], capture_output=True, text=True,
+                                 check=False).stdout
+            rules.update(dict.fromkeys(line for line in out.splitlines() if "KR-PX" in line))
+        return "\n".join([*rules, *run_in_netns(self.netns(node), _ipvs_table)])
+
+
+def _ipvs_table() -> list[str]:
+    """This namespace's IPVS services and real servers (weight, active/inactive connections)."""
+    ipvs = IpvsKernel()
+    try:
+        lines = []
+        for key, record in sorted(ipvs.services().items()):
+            reals = ", ".join(f"{a}:{p} w{r.weight} {r.active}/{r.inactive}"
+                              for (a, p), r in sorted(ipvs.reals(record).items()))
+            lines.append(f"ipvs {'/'.join(map(str, key))} {record.scheduler} -> {reals or 'none'}")
+        return lines
+    finally:
+        ipvs.close()
 
 
 def answers(results: Sequence[ProbeResult]) -> Counter[str]:
@@ -134,16 +166,33 @@ def answers(results: Sequence[ProbeResult]) -> Counter[str]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyLab]:
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ProxyLab]:
     state = tmp_path_factory.mktemp("proxy-lab") / "lab"
+    failed = request.session.testsfailed
     try:
         up = subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", PLUGINS],
                             capture_output=True, text=True, timeout=120, check=False)
         assert up.returncode == 0, f"kr lab up failed:\n{up.stdout}\n{up.stderr}"
-        yield ProxyLab(state)
+        proxy_lab = ProxyLab(state)
+        yield proxy_lab
     finally:
+        if request.session.testsfailed > failed:
+            _show_agent_logs(request.config, state / "logs")  # `kr lab down` removes them
         subprocess.run([KR, "lab", "down", "--state", str(state)], capture_output=True, text=True, timeout=60,
                        check=False)
+
+
+def _show_agent_logs(config: pytest.Config, logs: Path, lines: int = 60) -> None:
+    """Write the tails of the agents' logs to the terminal (inside the guest, the only place they survive)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        for log in sorted(logs.glob("agent-*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            reporter.write_sep("-", f"{log.name} (last {len(tail)} lines)")
+            reporter.write_line("\n".join(tail))
 
 
 # --- ClusterIP
@@ -158,7 +207,7 @@ def test_cluster_ip_from_pods_on_every_node_reaches_every_endpoint(lab: ProxyLab
         for src, node in SOURCES.items():
             for proto in ("TCP", "UDP"):
                 mine = [r for (s, _, _, p), r in zip(plan, results) if (s, p) == (src, proto)]
-                assert set(answers(mine)) == API_PODS, (src, proto, answers(mine), lab.nat_rules(node))
+                assert set(answers(mine)) == API_PODS, (src, proto, answers(mine), lab.dataplane(node))
                 # traffic from this node's pods keeps its source: the endpoint sees the pod itself
                 assert {r.peer_ip for r in mine} == {lab.ip(src)}, (src, proto, {r.peer for r in mine})
 
@@ -171,7 +220,7 @@ def test_node_port_and_external_ip_from_outside(lab: ProxyLab) -> None:
         results = lab.probes(plan)
         for index, node in enumerate(NODES):
             mine = results[index * 20:(index + 1) * 20]
-            assert set(answers(mine)) == API_PODS, (node, answers(mine), lab.nat_rules(node))
+            assert set(answers(mine)) == API_PODS, (node, answers(mine), lab.dataplane(node))
             # outside traffic may leave the node for another's endpoint: it is masqueraded so the reply
             # comes back the same way (externalTrafficPolicy Cluster)
             assert CLIENT_IP not in {r.peer_ip for r in mine}, (node, {r.peer for r in mine})
@@ -185,7 +234,7 @@ def test_node_port_and_external_ip_from_outside(lab: ProxyLab) -> None:
             external = lab.repeat(CLIENT, external_ip, 80, "TCP", 20) + lab.repeat(CLIENT, external_ip, 53, "UDP", 20)
         finally:
             subprocess.run([*route, "del", f"{external_ip}/32"], check=True)
-        assert set(answers(external)) == API_PODS, (answers(external), lab.nat_rules("kube-node2"))
+        assert set(answers(external)) == API_PODS, (answers(external), lab.dataplane("kube-node2"))
 
 
 # --- session affinity
@@ -232,14 +281,21 @@ def test_external_traffic_policy_local(lab: ProxyLab) -> None:
         assert health_port, "the lab allocates a healthCheckNodePort to Local load balancers"
         for node, local in (("kube-node2", "backend/api-1"), ("kube-node3", "backend/api-2")):
             results = lab.repeat(CLIENT, NODES[node], node_port, "TCP", 20)
-            assert answers(results) == Counter({local: 20}), (node, answers(results), lab.nat_rules(node))
+            assert answers(results) == Counter({local: 20}), (node, answers(results), lab.dataplane(node))
             assert {r.peer_ip for r in results} == {CLIENT_IP}, ("the client's address is kept", node,
                                                                 {r.peer for r in results})
             udp = lab.repeat(CLIENT, NODES[node], lab.node_port("px-etp-local", "dns"), "UDP", 10)
             assert answers(udp) == Counter({local: 10}), (node, answers(udp))
             assert {r.peer_ip for r in udp} == {CLIENT_IP}
-        dropped = lab.repeat(CLIENT, NODES["kube-node1"], node_port, "TCP", 5, timeout=0.5)
-        assert answers(dropped) == Counter({"!timeout": 5}), ("no local endpoint: dropped", answers(dropped))
+        unanswered = lab.repeat(CLIENT, NODES["kube-node1"], node_port, "TCP", 5, timeout=0.5)
+        if IPVS:
+            # the node port's virtual service has no real server there, and IPVS refuses what it cannot
+            # schedule (an ICMP error, which the kernel rate-limits per destination: some may go unanswered)
+            assert "!refused" in answers(unanswered) and set(answers(unanswered)) <= {"!refused", "!timeout"}, (
+                "no local endpoint: refused", answers(unanswered), lab.dataplane("kube-node1"))
+        else:
+            assert answers(unanswered) == Counter({"!timeout": 5}), ("no local endpoint: dropped",
+                                                                     answers(unanswered))
 
         for node in ("kube-node2", "kube-node3"):
             status, body = _health(lab, node, health_port)
@@ -256,12 +312,18 @@ def test_internal_traffic_policy_local(lab: ProxyLab) -> None:
             for port, proto in ((80, "TCP"), (53, "UDP")):
                 results = lab.repeat(src, ip, port, proto, 16)
                 assert answers(results) == Counter({local: 16}), (src, proto, answers(results))
-        # kube-node1 has no endpoint of its own: the ClusterIP does not answer there; the proxy drops
-        # the traffic (in filter FORWARD: the lab's service-CIDR route gets it there)
+        # kube-node1 has no endpoint of its own: the ClusterIP does not answer there
         plan = [(src, ip, port, proto) for src in ("frontend/web-1", "default/tools")
                 for port, proto in ((80, "TCP"), (53, "UDP")) for _ in range(4)]
-        silent = lab.probes(plan, timeout=0.5)
-        assert answers(silent) == Counter({"!timeout": len(plan)}), (answers(silent), lab.nat_rules("kube-node1"))
+        unanswered = answers(lab.probes(plan, timeout=0.5))
+        if IPVS:
+            # the virtual service has no real server there: IPVS refuses, with an ICMP error the node sends
+            # each pod a burst of 6 of, then one a second (the rest of the 8 per pod go unanswered)
+            assert "!refused" in unanswered and set(unanswered) <= {"!refused", "!timeout"}, (
+                unanswered, lab.dataplane("kube-node1"))
+        else:
+            # the proxy drops the traffic (in filter FORWARD: the lab's service-CIDR route gets it there)
+            assert unanswered == Counter({"!timeout": len(plan)}), (unanswered, lab.dataplane("kube-node1"))
 
 
 # --- special paths
@@ -309,7 +371,8 @@ def test_a_service_without_endpoints_rejects_at_once(lab: ProxyLab) -> None:
 def test_cluster_ips_are_routable_from_nodes_and_rejects_are_reached(lab: ProxyLab) -> None:
     """The lab gives nodes a route covering the service CIDR (a real node's default route does): the
     node's own stack reaches a ClusterIP, and a pod's packet to a ClusterIP without endpoints reaches
-    the proxy's REJECT instead of failing routing."""
+    the proxy's REJECT instead of failing routing. (With proxy.ipvs, ClusterIPs are local addresses of
+    the node, on kr-ipvs0, and need no route; the node's connection leaves from the ClusterIP itself.)"""
     empty = api_service("px-unrouted", selector={"app": "nobody"})
     with lab.objects(api_service("px-routed"), empty):
         from_node = lab.repeat("kube-node1", lab.cluster_ip("px-routed"), 80, count=1)[0]
@@ -431,7 +494,7 @@ def test_udp_flows_move_off_a_removed_endpoint_at_once(lab: ProxyLab) -> None:
             other = "backend/udp-b" if first == "backend/udp-a" else "backend/udp-a"
             after = _ask(sock)
             assert after == other, (f"the flow still goes to the removed {first}: {after}",
-                                    lab.nat_rules("kube-node1"))
+                                    lab.dataplane("kube-node1"))
 
 
 def test_named_target_port_resolves_per_pod(lab: ProxyLab) -> None:
@@ -443,4 +506,4 @@ def test_named_target_port_resolves_per_pod(lab: ProxyLab) -> None:
         ip = lab.cluster_ip("px-named")
         results = lab.probes([(src, ip, 80, "TCP") for src in SOURCES for _ in range(12)])
         assert set(answers(results)) == {"backend/named-a", "backend/named-b"}, (answers(results),
-                                                                                 lab.nat_rules("kube-node1"))
+                                                                                 lab.dataplane("kube-node1"))
