@@ -152,7 +152,7 @@ def test_a_default_nft_that_cannot_commit_leaves_legacy(monkeypatch: pytest.Monk
     import kr_plugins.kernel.iptables as iptables
     from kr_plugins.kernel.command import CommandError
 
-    def run(argv, input_text=None):  # type: ignore[no-untyped-def]
+    def run(argv, input_text=None, timeout=None):  # type: ignore[no-untyped-def]
         if argv[0] == "iptables":
             return "iptables v1.8.9 (nf_tables)\n"
         if argv[0] == "iptables-nft-restore":
