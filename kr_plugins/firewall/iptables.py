@@ -60,7 +60,7 @@ from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
     TableState,
-    detect_flavour,
+    DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
     render_table,
@@ -151,15 +151,12 @@ class IptablesFirewall(Backend):
     def __init__(self, context: BackendContext) -> None:
         self.settings = firewall_settings(context.config.options)
         self._compiler = FirewallCompiler(self.settings)
-        self._flavour: Flavour | None = None
+        self._flavour = DetectedFlavour("firewall")
         self._programmed: Programmed | None = None  # None: unknown, re-read the kernel before trusting it
 
     @property
     def flavour(self) -> Flavour:
-        if self._flavour is None:
-            self._flavour = detect_flavour()
-            log.info("firewall: using iptables-%s", self._flavour.value)
-        return self._flavour
+        return self._flavour.get()
 
     def start(self) -> None:
         """Detect the iptables flavour now, so missing tools fail the start, not the first sync."""

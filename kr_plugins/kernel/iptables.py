@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from kr_plugins.kernel.command import CommandError, ToolMissing, run
+
+log = logging.getLogger(__name__)
 
 #: Chains whose name starts with this are kr's; nothing else is.
 OWNED_PREFIX = "KR-"
@@ -112,6 +115,21 @@ def detect_flavour() -> Flavour:
     if chosen is Flavour.NFT and nft.rules == 0 and not nft.markers and not _commits(Flavour.NFT):
         return Flavour.LEGACY  # iptables-nft installed as the default, but this kernel has no nf_tables
     return chosen
+
+
+class DetectedFlavour:
+    """The flavour of the namespace a backend runs in, detected at first use and then kept, so the
+    backend never writes half its rules to each flavour."""
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._flavour: Flavour | None = None
+
+    def get(self) -> Flavour:
+        if self._flavour is None:
+            self._flavour = detect_flavour()
+            log.info("%s: using iptables-%s", self._owner, self._flavour.value)
+        return self._flavour
 
 
 def _commits(flavour: Flavour) -> bool:

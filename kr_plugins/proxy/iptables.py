@@ -36,7 +36,7 @@ from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
     TableState,
-    detect_flavour,
+    DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
     render_table,
@@ -65,17 +65,14 @@ class IptablesProxy(Backend):
     def __init__(self, context: BackendContext) -> None:
         self.settings = proxy_settings(context.config.options)
         self._renderer = ProxyRenderer(self.settings)
-        self._flavour: Flavour | None = None
+        self._flavour = DetectedFlavour("proxy")
         self._programmed: dict[str, TableState] | None = None  # None: unknown, re-read the kernel
         self._udp: dict[str, UdpTargets] | None = None  # None: not known since this process started
         self._health = HealthCheckServers()
 
     @property
     def flavour(self) -> Flavour:
-        if self._flavour is None:
-            self._flavour = detect_flavour()
-            log.info("proxy: using iptables-%s", self._flavour.value)
-        return self._flavour
+        return self._flavour.get()
 
     def start(self) -> None:
         """Detect the iptables flavour, and let bridged service traffic through iptables."""

@@ -42,7 +42,7 @@ from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
     TableState,
-    detect_flavour,
+    DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
     render_table,
@@ -87,7 +87,7 @@ class IpvsProxy(Backend):
         self.grace = float(options.get("ipvs_graceful_period", 30.0))
         self._request_sync = context.request_sync
         self._ipvs: IpvsKernel | None = None
-        self._flavour: Flavour | None = None
+        self._flavour = DetectedFlavour("proxy (ipvs)")
         # what is programmed; None: unknown, re-read the kernel
         self._tables: dict[str, TableState] | None = None
         self._sets: dict[str, IPSetSpec] | None = None
@@ -108,9 +108,7 @@ class IpvsProxy(Backend):
 
     @property
     def flavour(self) -> Flavour:
-        if self._flavour is None:
-            self._flavour = detect_flavour()
-        return self._flavour
+        return self._flavour.get()
 
     def start(self) -> None:
         """Open IPVS, make sure ``kr-ipvs0`` exists and set the sysctls IPVS needs; fail plainly when the

@@ -29,7 +29,7 @@ from kr_plugins.kernel import ipset
 from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
-    detect_flavour,
+    DetectedFlavour,
     jumps_into,
     remove_owned_chains,
     render_removal,
@@ -82,17 +82,14 @@ class PodEgress:
     """kr's pod egress set, chain and jump in one network namespace."""
 
     def __init__(self) -> None:
-        self._flavour: Flavour | None = None
+        self._flavour = DetectedFlavour("pod egress")
         self._applied: EgressPlan | None = None
         self._known = False  # whether _applied reflects the kernel (else read it before relying on it)
 
     @property
     def flavour(self) -> Flavour:
         """The iptables flavour this namespace uses, detected once and kept."""
-        if self._flavour is None:
-            self._flavour = detect_flavour()
-            log.info("pod egress: using iptables-%s", self._flavour.value)
-        return self._flavour
+        return self._flavour.get()
 
     def sync(self, plan: EgressPlan | None, full: bool) -> None:
         """Converge on ``plan`` (None: egress masquerade off, remove kr's set, chain and jump)."""

@@ -234,7 +234,7 @@ class FakeKernel:
 
 def backend() -> IptablesProxy:
     proxy = IptablesProxy(BackendContext(AgentConfig(node_name=NODE, plugins=("proxy.iptables",)), lambda: None))
-    proxy._flavour = Flavour.NFT  # no detection: it would run iptables-save here
+    proxy._flavour.get = lambda: Flavour.NFT  # type: ignore[method-assign]  # no detection: it would run iptables-save here
     return proxy
 
 
