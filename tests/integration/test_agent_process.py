@@ -97,6 +97,10 @@ def test_bursts_coalesce_into_few_syncs(apiserver: APIServer, start_agent: Calla
 def test_survives_dropped_watches(apiserver: APIServer, start_agent: Callable[..., AgentProcess]) -> None:
     agent = start_agent()
     first_sync(agent)
+    # the first sync needs complete lists, not open watches: a watch may still be connecting
+    deadline = time.monotonic() + 5
+    while apiserver.stats.open_watches() < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
     watches_before = apiserver.stats.requests("services", "watch")
     assert apiserver.faults.drop_watches() >= 6
     count = len(agent.syncs())

@@ -384,9 +384,14 @@ def test_cluster_ips_are_routable_from_nodes_and_rejects_are_reached(lab: ProxyL
 # --- endpoints changing
 
 
+PATIENCE = 0.8
+
+
 def test_endpoints_scale_down_and_up_under_load(lab: ProxyLab) -> None:
     """Clients on every node connect in a loop while one endpoint is removed and another added: once a
-    change has passed the barrier, every new connection is answered, and only by live endpoints."""
+    change has passed the barrier, every new connection is answered, and only by live endpoints.
+    Each probe waits ``PATIENCE``: long enough for a loaded 2-core CI machine to schedule the client
+    and the echo server, shorter than TCP's first SYN retransmission (1 s), so a lost SYN still fails."""
     port = [("http", 9090, "TCP")]
     first, second, third = (pod("scale-a", "kube-node2", "px-scale", port),
                             pod("scale-b", "kube-node3", "px-scale", port),
@@ -401,23 +406,23 @@ def test_endpoints_scale_down_and_up_under_load(lab: ProxyLab) -> None:
         def hammer(source: str, netns: str) -> None:
             while not stop.is_set():
                 started = time.monotonic()
-                log.append((started, source, probe(netns, ip, 80, "TCP", 0.3)))
+                log.append((started, source, probe(netns, ip, 80, "TCP", PATIENCE)))
 
         threads = [threading.Thread(target=hammer, args=(src, lab.netns(src)), name=f"hammer:{src}", daemon=True)
                    for src in SOURCES]
         for thread in threads:
             thread.start()
         try:
-            # a probe under way when scale-a goes may hang on it until its timeout (0.3 s): the windows
-            # after each change are longer than that, so every client probes in each of them
+            # a probe under way when scale-a goes may hang on it until its timeout: the windows after each
+            # change are longer than that, so every client probes in each of them
             time.sleep(0.3)
             lab.delete(first)
             scaled_down = time.monotonic()
-            time.sleep(0.7)
+            time.sleep(PATIENCE + 0.5)
             adding = time.monotonic()
             lab.apply(third)  # scale-c may answer from here on: its rules can land before the barrier
             scaled_up = time.monotonic()
-            time.sleep(0.7)
+            time.sleep(PATIENCE + 0.5)
         finally:
             stop.set()
             for thread in threads:
