@@ -6,8 +6,9 @@ Generates Nodes, Services and their EndpointSlices, serves them from the API sta
 (``kr run --plugins proxy.iptables``) in the same namespace, and measures:
 
 - the first full sync (agent log ``sync full ok in X ms`` and /metrics),
-- the floor: ``iptables-<flavour>-restore --noflush`` of the same KR-PX chains and hook jumps (dumped
-  from the agent's namespace after its first sync) into an empty fresh namespace (median of --floor-runs),
+- the floor: ``ipset restore`` of the same KR-PX sets plus ``iptables-<flavour>-restore --noflush`` of the
+  same KR-PX chains and hook jumps (dumped from the agent's namespace after its first sync) into an empty
+  fresh namespace (median of --floor-runs),
 - latency from API writes (a new Service and its EndpointSlice; one endpoint of a slice turning not
   ready; one endpoint's address changing) to the agent's /healthz ``syncedResourceVersions`` reaching
   the writes' resourceVersions (polled every 1 ms),
@@ -404,13 +405,26 @@ def proxy_dump(saves: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def programmed_counts(rules: str) -> dict[str, int]:
+def sets_dump(save: str) -> str:
+    """``ipset restore`` input holding only kr's proxy sets, from ``ipset save``."""
+    return "".join(line + "\n" for line in save.splitlines() if line.split(" ", 2)[1:2] and
+                   line.split(" ", 2)[1].startswith("KR-PX-"))
+
+
+def sets_text(ruleset: Any) -> str:
+    """``ruleset``'s sets as ``ipset save`` prints them (members in the kernel's order aside)."""
+    return "".join(f"create {name} {spec.type} family inet\n" + "".join(f"add {name} {m}\n" for m in sorted(spec.members))
+                   for name, spec in ruleset.sets.items())
+
+
+def programmed_counts(rules: str, sets: str) -> dict[str, int]:
     lines = rules.splitlines()
     chains = [line[1:].split(" ", 1)[0] for line in lines if line.startswith(":")]
     return {
         "chains": len(chains),
         "bucket_chains": sum(c.startswith("KR-PX-D-") for c in chains),
-        "endpoint_chains": sum(c.startswith("KR-PX-SEP-") for c in chains),
+        "dnat_rules": sum(" -j DNAT " in line for line in lines),
+        "set_members": sum(line.startswith("add ") for line in sets.splitlines()),
         "rules": sum(line.startswith("-A KR-PX-") for line in lines),
         "hook_rules": sum(line.startswith("-A ") and not line.startswith("-A KR-PX-") for line in lines),
         "restore_lines": len(lines),
@@ -449,12 +463,12 @@ def save_order_text(ruleset: Any) -> str:
 def agent_restore_text(ruleset: Any) -> str:
     """The restore text the agent's first sync feeds ``iptables-restore`` (into an empty kernel)."""
     from kr_plugins.kernel.iptables import parse_table_save, render_table, restore_text
-    from kr_plugins.proxy.iptables import TABLES, owned_chain
+    from kr_plugins.proxy.iptables import TABLES, owned
     from kr_plugins.proxy.rules import hooks
 
     wanted = hooks()
     bodies = {table: render_table(table, ruleset.tables[table], ruleset.hooks[table],
-                                  parse_table_save([], owned_chain, wanted[table])) for table in TABLES}
+                                  parse_table_save([], owned, wanted[table])) for table in TABLES}
     return restore_text(bodies) or ""
 
 
@@ -477,34 +491,39 @@ def restore_timed(flavour: str, text: str, timeout: float, noflush: bool = True)
             "sys_ms": round((after.ru_stime - before.ru_stime) * 1000)}
 
 
-def measure_restore(ns: str, flavour: str, text: str, timeout: float, noflush: bool = True) -> dict[str, Any]:
-    """``restore_timed`` in a fresh namespace ``ns``, deleted afterwards."""
+def measure_restore(ns: str, flavour: str, text: str, sets: str, timeout: float,
+                    noflush: bool = True) -> dict[str, Any]:
+    """``restore_timed`` in a fresh namespace ``ns`` (where ``sets`` are loaded first, untimed), deleted
+    afterwards."""
     labns.create(ns)
     try:
+        in_ns(ns, run_cmd, ["ipset", "restore"], sets)
         return in_ns(ns, restore_timed, flavour, text, timeout, noflush)
     finally:
         labns.delete([ns])
 
 
 def one_chain_text(rules: str) -> str:
-    """A small partial-sync-like input: one endpoint chain of ``rules`` declared again with its rules."""
+    """A small partial-sync-like input: one service chain of ``rules`` declared again with its rules."""
     lines = rules.splitlines()
-    chain = next(line[1:].split(" ", 1)[0] for line in lines if line.startswith(":KR-PX-SEP-"))
+    chain = next(line[1:].split(" ", 1)[0] for line in lines if line.startswith(":KR-PX-SVC-"))
     body = [line for line in lines if line.startswith(f"-A {chain} ")]
     return "\n".join(["*nat", f":{chain} - [0:0]", *body, "COMMIT", ""])
 
 
-def measure_floor(prefix: str, flavour: str, rules: str, runs: int, small_runs: int = 5) -> dict[str, Any]:
-    """``iptables-<flavour>-restore --noflush`` of ``rules`` into ``runs`` fresh empty namespaces; in each,
-    then, ``small_runs`` restores of one chain (what a one-endpoint partial sync writes) into that full table."""
+def measure_floor(prefix: str, flavour: str, rules: str, sets: str, runs: int, small_runs: int = 5) -> dict[str, Any]:
+    """``ipset restore`` of ``sets`` then ``iptables-<flavour>-restore --noflush`` of ``rules`` into ``runs``
+    fresh empty namespaces (a sample is the sum of both); in each, then, ``small_runs`` restores of one
+    chain (what a one-endpoint partial sync writes) into that full table."""
     samples, small = [], []
     small_text = one_chain_text(rules)
     for i in range(runs):
         ns = f"{prefix}-f{i}"
         labns.create(ns)
         try:
+            sets_elapsed, _ = in_ns(ns, run_cmd, ["ipset", "restore"], sets)
             elapsed, _ = in_ns(ns, run_cmd, [f"iptables-{flavour}-restore", "--noflush", "-w"], rules)
-            samples.append(elapsed * 1000)
+            samples.append((sets_elapsed + elapsed) * 1000)
             for _ in range(small_runs):
                 elapsed, _ = in_ns(ns, run_cmd, [f"iptables-{flavour}-restore", "--noflush", "-w"], small_text)
                 small.append(elapsed * 1000)
@@ -512,8 +531,9 @@ def measure_floor(prefix: str, flavour: str, rules: str, runs: int, small_runs: 
             labns.delete([ns])
     context = {
         # not what kr can do (it must not flush tables it shares), but how much of the floor --noflush costs
-        f"iptables-{flavour}-restore without --noflush": measure_restore(f"{prefix}-c0", flavour, rules, 3600, False),
-        "iptables-legacy-restore --noflush": measure_restore(f"{prefix}-c1", "legacy", rules, 3600),
+        f"iptables-{flavour}-restore without --noflush": measure_restore(f"{prefix}-c0", flavour, rules, sets, 3600,
+                                                                         False),
+        "iptables-legacy-restore --noflush": measure_restore(f"{prefix}-c1", "legacy", rules, sets, 3600),
     }
     return {"samples_ms": samples, "median_ms": statistics.median(samples),
             "one_chain_p50_ms": pct(small, 50), "one_chain_max_ms": max(small), "context": context}
@@ -640,13 +660,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.preload:
                 result["rss_kib"] = vm_status(agent_proc.pid)
                 result["floor_source"] = "offline render (the agent never programmed it)"
-                result["programmed"] = programmed_counts(expected)
-                result["floor"] = measure_floor(prefix, result["flavour"], expected, args.floor_runs)
+                result["programmed"] = programmed_counts(expected, sets_text(ruleset))
+                result["floor"] = measure_floor(prefix, result["flavour"], expected, sets_text(ruleset), args.floor_runs)
                 return result
             # A restart over a node already programmed: load the ruleset the agent would have written
             # (rendered here, in iptables-save's order) into its namespace, start it again, and measure
             # that first sync (it re-reads the kernel and finds nothing to write) and the changes.
             stop_process(agent_proc)
+            in_ns(ns, run_cmd, ["ipset", "restore", "-exist"], sets_text(ruleset))
             result["preload"] = in_ns(ns, restore_timed, result["flavour"], expected, args.agent_text_timeout)
             print(f"preloaded the rendered ruleset into {ns}: {result['preload']}; restarting the agent", flush=True)
             log_path = workdir / "agent-restart.log"
@@ -677,13 +698,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         saves = {table: in_ns(ns, run_cmd, [f"iptables-{result['flavour']}-save", "-t", table])[1]
                  for table in ("nat", "filter")}
         rules = proxy_dump(saves)
+        sets = sets_dump(in_ns(ns, run_cmd, ["ipset", "save"])[1])
         result["floor_source"] = "kernel dump after the first sync"
         result["dump_equals_offline_render"] = rules == expected
         if rules != expected:
             result["dump_vs_render_differing_lines"] = len(set(rules.splitlines()) ^ set(expected.splitlines()))
         (workdir / "rules.txt").write_text(rules)
-        result["programmed"] = programmed_counts(rules)
-        result["floor"] = measure_floor(prefix, result["flavour"], rules, args.floor_runs)
+        result["programmed"] = programmed_counts(rules, sets)
+        result["floor"] = measure_floor(prefix, result["flavour"], rules, sets, args.floor_runs)
         if "preload" not in result:
             result["full_over_floor"] = result["first_sync_ms"] / result["floor"]["median_ms"]
         print(f"programmed {result['programmed']}; floor {result['floor']['median_ms']:.0f} ms "
@@ -692,7 +714,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.time_agent_text:
             agent_text = agent_restore_text(ruleset)
             result["agent_text_restore"] = measure_restore(
-                f"{prefix}-a", result["flavour"], agent_text, args.agent_text_timeout)
+                f"{prefix}-a", result["flavour"], agent_text, sets, args.agent_text_timeout)
             print(f"the agent's own restore text (declarations in its render order) into an empty namespace: "
                   f"{result['agent_text_restore']}", flush=True)
 

@@ -4,16 +4,19 @@ Each sync renders the desired state (``rules.ProxyRenderer``: pure in what it re
 changed service ports), then programs the difference from what it remembers programming with one
 ``iptables-restore --noflush`` (nat and filter, each committed atomically): only new or changed chains
 are declared (so replaced whole), hooks not in place are fixed, and chains no longer wanted are flushed
-and deleted after their referrers were rewritten in the same commit. Then, with the new rules in place,
+and deleted after their referrers were rewritten in the same commit. The hairpin set ``KR-PX-LOOPBACK``
+is brought up to date by ``ipset restore`` before that commit (created first, so no rule ever names a
+missing set), and sets no longer wanted are destroyed after it. Then, with the new rules in place,
 UDP conntrack entries that still point at removed endpoints are deleted, and the health-check ports of
 Local load-balancer services are opened, updated or closed.
 
 Invariants:
 - kr touches only chains named ``KR-PX-*`` in the nat and filter tables, plus the six hook jumps into
-  ``KR-PX-SERVICES``, ``KR-PX-POSTROUTING`` and ``KR-PX-FILTER``; ``IptablesRestore`` refuses anything
-  else, and ``cleanup`` removes exactly these from both iptables flavours;
+  ``KR-PX-SERVICES``, ``KR-PX-POSTROUTING`` and ``KR-PX-FILTER``, and ipsets named ``KR-PX-*``;
+  ``IptablesRestore`` refuses anything else, and ``cleanup`` removes exactly these (chains from both
+  iptables flavours);
 - a full sync (the first, a periodic one, or the one after a failure) re-reads both tables
-  (``iptables-save -t nat``, ``-t filter``) and converges; a partial sync trusts memory, so the kernel is
+  (``iptables-save -t nat``, ``-t filter``) and kr's sets (``ipset save``) and converges; a partial sync trusts memory, so the kernel is
   not listed on every sync; rule specs are in ``iptables-save``'s form, so unchanged chains are never
   rewritten (and keep their counters);
 - conntrack entries are deleted only for changes this process saw (never on the first sync after a
@@ -25,13 +28,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-
 from kr_core.backends import Backend, BackendContext, BackendSpec
 from kr_core.changes import ChangeSet
 from kr_core.config import OptionRegistry
+from kr_core.errors import KrError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
+from kr_plugins.kernel import ipset
 from kr_plugins.kernel.command import run
+from kr_plugins.kernel.ipset import IPSetSpec, parse_save, render_sets
 from kr_plugins.kernel.iptables import (
     Flavour,
     IptablesRestore,
@@ -57,7 +62,8 @@ TABLES = ("nat", "filter")
 BRIDGE_NF_CALL = "net/bridge/bridge-nf-call-iptables"
 
 
-def owned_chain(name: str) -> bool:
+def owned(name: str) -> bool:
+    """Whether a chain or an ipset is the proxy's."""
     return name.startswith(PREFIX + "-")
 
 
@@ -67,6 +73,7 @@ class IptablesProxy(Backend):
         self._renderer = ProxyRenderer(self.settings)
         self._flavour = DetectedFlavour("proxy")
         self._programmed: dict[str, TableState] | None = None  # None: unknown, re-read the kernel
+        self._sets: dict[str, IPSetSpec] | None = None  # kr's ipsets as programmed; None: unknown
         self._udp: dict[str, UdpTargets] | None = None  # None: not known since this process started
         self._health = HealthCheckServers()
 
@@ -85,10 +92,15 @@ class IptablesProxy(Backend):
 
     def sync(self, desired: DesiredState, *, full: bool, changed: ChangeSet) -> None:
         ruleset = self._renderer.render(desired)
-        reread = full or self._programmed is None
-        programmed = self._read_kernel() if reread else self._programmed
-        assert programmed is not None
-        self._programmed = None  # until this sync has succeeded
+        reread = full or self._programmed is None or self._sets is None
+        if reread:
+            self._read_kernel()
+        programmed, sets = self._programmed, self._sets
+        assert programmed is not None and sets is not None
+        self._programmed = self._sets = None  # until this sync has succeeded
+        changed_sets = [name for name, spec in ruleset.sets.items() if sets.get(name) != spec]
+        if changed_sets:
+            ipset.restore(render_sets(ruleset.sets, changed_sets, sets))
         bodies = {table: render_table(table, ruleset.tables[table], ruleset.hooks[table], programmed[table])
                   for table in TABLES}
         check_consistency(ruleset, only={table: [line[1:].split(" ", 1)[0] for line in body if line.startswith(":")]
@@ -96,7 +108,11 @@ class IptablesProxy(Backend):
         text = restore_text(bodies)
         if text is not None:
             IptablesRestore(self.flavour).restore(text)
+        stale = [name for name in sets if name not in ruleset.sets]
+        if stale:
+            ipset.restore("".join(f"destroy {name}\n" for name in stale))
         self._programmed = {table: TableState(dict(ruleset.tables[table])) for table in TABLES}
+        self._sets = dict(ruleset.sets)
         written = sum(line.startswith(":") for body in bodies.values() for line in body)
         removed = sum(line.startswith("-X ") for body in bodies.values() for line in body)
         log.debug("proxy sync (full=%s): %d chain(s) written, %d chain(s) removed, %d restore line(s)",
@@ -105,17 +121,24 @@ class IptablesProxy(Backend):
         for problem in self._health.sync(health_targets(desired)):
             log.error("proxy: %s", problem)
 
-    def _read_kernel(self) -> dict[str, TableState]:
+    def _read_kernel(self) -> None:
         wanted = hooks()
-        return {table: parse_table_save(table_lines(run([self.flavour.save_command, "-t", table]), table),
-                                        owned_chain, wanted[table]) for table in TABLES}
+        self._programmed = {table: parse_table_save(table_lines(run([self.flavour.save_command, "-t", table]), table),
+                                                    owned, wanted[table]) for table in TABLES}
+        self._sets, stray = parse_save(run(["ipset", "save"]), owned)
+        if stray:
+            ipset.destroy_existing(stray)
 
     def stop(self) -> None:
         self._health.close()
 
     def cleanup(self) -> None:
-        failures = [failure for table in TABLES for failure in remove_owned_chains(table, owned_chain)]
-        self._programmed = None
+        failures = [failure for table in TABLES for failure in remove_owned_chains(table, owned)]
+        try:
+            ipset.destroy_existing(name for name in ipset.existing_sets() if owned(name))
+        except KrError as exc:
+            failures.append(f"ipsets: {exc}")
+        self._programmed = self._sets = None
         if failures:
             raise ProxyError(f"cleanup incomplete: {'; '.join(failures)}")
 

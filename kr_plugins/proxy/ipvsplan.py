@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
 from kr_plugins.kernel.ipset import IPSetSpec
 from kr_plugins.proxy.endpoints import choose, externally_reachable, node_port
-from kr_plugins.proxy.rules import ProxySettings, service_label
+from kr_plugins.proxy.rules import LOOPBACK_SET, LOOPBACK_TYPE, ProxySettings, loopback_member, service_label
 
 SCHEDULER_ANNOTATION = "kube-router.io/service.scheduler"
 FLAGS_ANNOTATION = "kube-router.io/service.schedflags"
@@ -45,7 +45,6 @@ VIPS_SET = "KR-PX-VIPS"
 VIP_PORTS_SET = "KR-PX-VIP-PORTS"
 MASQ_SET = "KR-PX-MASQ"  # ip,proto:port whose traffic is always SNATed (outside traffic, Cluster policy)
 CLUSTER_SET = "KR-PX-CLUSTER"  # ClusterIP,proto:port: SNATed when it comes from outside the pods
-LOOPBACK_SET = "KR-PX-LOOPBACK"  # endpoint,proto:port,endpoint: a pod reaching itself
 IPVS_SERVICES = "KR-PX-IPVS"  # nat: mark what must be SNATed
 IPVS_POSTROUTING = "KR-PX-IPVS-POST"
 IPVS_GUARD = "KR-PX-IPVS-GUARD"  # filter: only service ports answer on service addresses
@@ -133,8 +132,7 @@ def plan_ipvs(desired: DesiredState, settings: ProxySettings) -> IpvsPlan:
                 vips.add(address)
                 members[VIPS_SET].add(address)
                 members[VIP_PORTS_SET].add(f"{address},{proto}:{port}")
-            members[LOOPBACK_SET].update(f"{e.address},{proto}:{e.port},{e.address}"
-                                         for e in endpoints if ":" not in e.address)
+            members[LOOPBACK_SET].update(loopback_member(e, proto) for e in endpoints if ":" not in e.address)
 
         for address in _ipv4(service.cluster_ips)[:1]:
             add(address, service.port, choice.cluster, vip=True)
@@ -154,7 +152,7 @@ def plan_ipvs(desired: DesiredState, settings: ProxySettings) -> IpvsPlan:
                         members[MASQ_SET].add(f"{address},{proto}:{number}")
     sets = {name: IPSetSpec(set_type, frozenset(members[name])) for name, set_type in (
         (VIPS_SET, "hash:ip"), (VIP_PORTS_SET, "hash:ip,port"), (MASQ_SET, "hash:ip,port"),
-        (CLUSTER_SET, "hash:ip,port"), (LOOPBACK_SET, "hash:ip,port,ip"))}
+        (CLUSTER_SET, "hash:ip,port"), (LOOPBACK_SET, LOOPBACK_TYPE))}
     return IpvsPlan(services, frozenset(vips), sets, chains(desired, settings), hooks(), tuple(problems))
 
 

@@ -7,8 +7,15 @@ specs without ``-A NAME``) and the hook rules into them, in kube-proxy's design 
   addresses (``KR-PX-D-<hex of the /24>``), which holds that /24's per-(address, protocol, port) rules,
   then to ``KR-PX-NODEPORTS`` for local destinations; a service port has ``KR-PX-SVC-`` (all usable
   endpoints), ``KR-PX-SVL-`` (this node's), ``KR-PX-EXT-`` (outside traffic) and ``KR-PX-LBS-``
-  (load-balancer source ranges) chains, and one ``KR-PX-SEP-`` chain per endpoint (DNAT);
-- ``KR-PX-MARK-MASQ`` marks, ``KR-PX-POSTROUTING`` masquerades marked packets;
+  (load-balancer source ranges) chains;
+- a balancing chain DNATs directly, one rule per endpoint (no per-endpoint chain, unlike kube-proxy's
+  ``KUBE-SEP-``: at 100,000 endpoints those chains were 88 % of all chains, and iptables-nft-restore
+  --noflush slows down with the square of the chain count); ClientIP affinity keeps one ``recent`` list
+  per endpoint (``KR-PX-A-<hash>``), checked and refreshed (``--update``) before the random rules;
+- ``KR-PX-MARK-MASQ`` marks, ``KR-PX-POSTROUTING`` masquerades marked packets and pods that reached
+  themselves through a service (hairpin), found by the ipset ``KR-PX-LOOPBACK`` (hash:ip,port,ip of this
+  node's endpoints: endpoint, protocol:port, endpoint; matched dst,dst,src), as kube-proxy's IPVS mode
+  does;
 - filter ``KR-PX-FILTER`` (new connections, from INPUT, FORWARD and OUTPUT) rejects service ports without
   endpoints and drops outside traffic that must stay local but has no local endpoint.
 
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 
 from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
 from kr_plugins.kernel.iptables import referenced, save_string
+from kr_plugins.kernel.ipset import IPSetSpec
 from kr_plugins.kernel.names import digest
 from kr_plugins.proxy.endpoints import choose, externally_reachable, node_port
 
@@ -44,6 +52,8 @@ POSTROUTING = "KR-PX-POSTROUTING"
 FILTER = "KR-PX-FILTER"
 MAX_CHAIN = 28
 REJECT = "REJECT --reject-with icmp-port-unreachable"
+LOOPBACK_SET = "KR-PX-LOOPBACK"
+LOOPBACK_TYPE = "hash:ip,port,ip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,21 +80,24 @@ class ProxySettings:
 @dataclass(frozen=True, slots=True)
 class ProxyRuleset:
     """``tables``: table -> chain -> rule specs; ``hooks``: table -> (built-in chain, rule spec) to put
-    first in that chain."""
+    first in that chain; ``sets``: the ipsets the rules match on."""
 
     tables: Mapping[str, Mapping[str, tuple[str, ...]]]
     hooks: Mapping[str, tuple[tuple[str, str], ...]]
+    sets: Mapping[str, IPSetSpec]
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceRules:
     """What one service port adds: its own nat chains, its rules in the dispatch buckets (keyed by
-    destination address), in ``KR-PX-NODEPORTS`` and in ``KR-PX-FILTER``."""
+    destination address), in ``KR-PX-NODEPORTS`` and in ``KR-PX-FILTER``, and its members of
+    ``KR-PX-LOOPBACK`` (this node's endpoints it translates to)."""
 
     chains: Mapping[str, tuple[str, ...]]
     dispatch: tuple[tuple[str, int, str], ...]  # (bucket chain, destination as int, rule)
     nodeports: tuple[str, ...]
     filter: tuple[str, ...]
+    loopback: frozenset[str]
 
 
 def hooks() -> dict[str, tuple[tuple[str, str], ...]]:
@@ -115,6 +128,17 @@ def _ipv4(addresses: tuple[str, ...]) -> list[str]:
     return [a for a in addresses if ":" not in a]
 
 
+def loopback_member(endpoint: Endpoint, proto: str) -> str:
+    """``endpoint``'s entry in ``KR-PX-LOOPBACK``: a packet from it to itself on its port (``proto``:
+    tcp, udp or sctp) after the DNAT."""
+    return f"{endpoint.address},{proto}:{endpoint.port},{endpoint.address}"
+
+
+def affinity_list(label: str, proto: str, endpoint: Endpoint) -> str:
+    """The ``recent`` list remembering the clients ``endpoint`` of service port ``label`` served."""
+    return f"{PREFIX}-A-{digest(label, proto, endpoint.address, endpoint.port)}"
+
+
 def render_service(service: ServicePort, settings: ProxySettings, local_cidrs: tuple[str, ...]) -> ServiceRules:
     """Everything one service port needs (see the module docstring); ``local_cidrs`` are the sources
     counted as this cluster's pods (``settings.cluster_cidr`` or this node's pod CIDRs)."""
@@ -127,29 +151,29 @@ def render_service(service: ServicePort, settings: ProxySettings, local_cidrs: t
     chains: dict[str, tuple[str, ...]] = {}
     dispatch: list[tuple[str, str]] = []
     filter_rules: list[str] = []
+    loopback: set[str] = set()
 
     def to(address: str, what: str) -> str:
         return (f"-d {address}/32 -p {proto} -m comment --comment {save_string(f'{label} {what}')} "
                 f"-m {proto} --dport {service.port}")
 
-    def endpoint_chain(endpoint: Endpoint) -> str:
-        sep = f"{PREFIX}-SEP-{digest(label, proto, endpoint.address, endpoint.port)}"
-        if sep not in chains:
-            recent = f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource" if affinity else ""
-            chains[sep] = (f"-s {endpoint.address}/32 -j {MARK_MASQ}",  # a pod reaching itself (hairpin)
-                           f"-p {proto}{recent} -m {proto} -j DNAT --to-destination {endpoint.address}:{endpoint.port}")
-        return sep
+    def dnat(endpoint: Endpoint, matches: str) -> str:
+        return f"-p {proto}{matches} -m {proto} -j DNAT --to-destination {endpoint.address}:{endpoint.port}"
 
     def balance(chain: str, endpoints: tuple[Endpoint, ...]) -> None:
-        """Spread new connections evenly; with ClientIP affinity, a known client goes back first."""
-        seps = [endpoint_chain(e) for e in endpoints]
+        """Spread new connections evenly; with ClientIP affinity, a known client goes back first (and
+        each connection refreshes its client's entry, as kube-proxy's endpoint chains do)."""
+        recent = {e: f"--name {affinity_list(label, proto, e)} --mask 255.255.255.255 --rsource" for e in endpoints}
         rules = []
         if affinity:
-            rules += [f"-m recent --rcheck --seconds {service.session_affinity_timeout} --reap --name {sep} "
-                      f"--mask 255.255.255.255 --rsource -j {sep}" for sep in seps]
-        rules += [f"-m statistic --mode random --probability {probability(1 / (len(seps) - i))} -j {sep}"
-                  for i, sep in enumerate(seps[:-1])]
-        chains[chain] = chains.get(chain, ()) + tuple(rules) + (f"-j {seps[-1]}",)
+            rules += [dnat(e, f" -m recent --update --seconds {service.session_affinity_timeout} --reap {recent[e]}")
+                      for e in endpoints]
+        for index, endpoint in enumerate(endpoints):
+            left = len(endpoints) - index
+            chance = f" -m statistic --mode random --probability {probability(1 / left)}" if left > 1 else ""
+            rules.append(dnat(endpoint, chance + (f" -m recent --set {recent[endpoint]}" if affinity else "")))
+        chains[chain] = chains.get(chain, ()) + tuple(rules)
+        loopback.update(loopback_member(e, proto) for e in endpoints if e.is_local)
 
     # traffic to the ClusterIP
     internal = svl if service.internal_traffic_policy is TrafficPolicy.LOCAL else svc
@@ -214,7 +238,7 @@ def render_service(service: ServicePort, settings: ProxySettings, local_cidrs: t
                 filter_rules.append(f"-p {proto} -m addrtype --dst-type LOCAL "
                                     f"-m comment --comment {save_string(f'{label} {why}')} {port} -j {verdict}")
     buckets = tuple((bucket_chain(address), int(ipaddress.IPv4Address(address)), rule) for address, rule in dispatch)
-    return ServiceRules(chains, buckets, tuple(nodeports), tuple(filter_rules))
+    return ServiceRules(chains, buckets, tuple(nodeports), tuple(filter_rules), frozenset(loopback))
 
 
 class ProxyRenderer:
@@ -239,6 +263,7 @@ class ProxyRenderer:
         buckets: dict[str, list[tuple[int, str]]] = {}
         nodeports: list[str] = []
         filter_rules: list[str] = []
+        loopback: set[str] = set()
         for service in desired.services:
             key = (service.namespace, service.name, service.port_name, service.protocol.value)
             entry = self._kept.get(key)
@@ -251,6 +276,8 @@ class ProxyRenderer:
                 buckets.setdefault(bucket, []).append((order, rule))
             nodeports += rules.nodeports
             filter_rules += rules.filter
+            if rules.loopback:
+                loopback |= rules.loopback
         self._kept = kept
         mark = f"{self.settings.masquerade_mark:#x}"
         services = [f"-d {_bucket_network(name)} -j {name}" for name in sorted(buckets)]
@@ -261,12 +288,14 @@ class ProxyRenderer:
             SERVICES: tuple(services),
             NODEPORTS: tuple(sorted(nodeports)),
             MARK_MASQ: (f"-j MARK --set-xmark {mark}/{mark}",),
-            POSTROUTING: (f"-m mark ! --mark {mark}/{mark} -j RETURN", f"-j MARK --set-xmark 0x0/{mark}",
+            POSTROUTING: (f"-m set --match-set {LOOPBACK_SET} dst,dst,src -j MASQUERADE",
+                          f"-m mark ! --mark {mark}/{mark} -j RETURN", f"-j MARK --set-xmark 0x0/{mark}",
                           "-j MASQUERADE --random-fully"),
         }
         nat.update((name, tuple(rule for _, rule in sorted(entries))) for name, entries in sorted(buckets.items()))
         nat.update(own)
-        return ProxyRuleset(tables={"nat": nat, "filter": {FILTER: tuple(filter_rules)}}, hooks=hooks())
+        return ProxyRuleset(tables={"nat": nat, "filter": {FILTER: tuple(filter_rules)}}, hooks=hooks(),
+                            sets={LOOPBACK_SET: IPSetSpec(LOOPBACK_TYPE, frozenset(loopback))})
 
     def _local(self, desired: DesiredState) -> tuple[str, ...]:
         if self.settings.cluster_cidr:
@@ -287,7 +316,7 @@ def _bucket_network(chain: str) -> str:
 
 
 class InconsistentRuleset(ValueError):
-    """A ruleset that jumps to an undefined chain or misnames a chain."""
+    """A ruleset that jumps to an undefined chain, matches an undefined set or misnames a chain."""
 
 
 #: Targets a proxy rule may jump to without kr defining them.
@@ -296,7 +325,8 @@ BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "REJECT", "DNAT", "MARK
 
 def check_consistency(ruleset: ProxyRuleset, only: Mapping[str, Iterable[str]] | None = None) -> None:
     """Raise ``InconsistentRuleset`` listing every problem: a chain name that is not kr's proxy's or
-    too long, or a rule (or hook) jumping to a chain its table does not define. ``only`` (table ->
+    too long, a rule (or hook) jumping to a chain its table does not define, or a rule matching a set
+    the ruleset does not define. ``only`` (table ->
     chain names) limits the check to those chains, the ones a sync writes: the others were checked when
     they were written, and the kernel refuses to delete a chain something still jumps to."""
     problems = []
@@ -306,9 +336,11 @@ def check_consistency(ruleset: ProxyRuleset, only: Mapping[str, Iterable[str]] |
             if not name.startswith(PREFIX + "-") or len(name) > MAX_CHAIN:
                 problems.append(f"{table}: chain name {name!r} is not {PREFIX}-* within {MAX_CHAIN} characters")
             for rule in chains[name]:
-                problems += [f"{table}/{name}: jumps to undefined chain {target}: {rule}"
-                             for kind, target in referenced(rule)
-                             if kind == "chain" and target not in chains and target not in BUILTIN_TARGETS]
+                for kind, target in referenced(rule):
+                    if kind == "chain" and target not in chains and target not in BUILTIN_TARGETS:
+                        problems.append(f"{table}/{name}: jumps to undefined chain {target}: {rule}")
+                    elif kind == "set" and target not in ruleset.sets:
+                        problems.append(f"{table}/{name}: matches undefined set {target}: {rule}")
         for chain, rule in ruleset.hooks.get(table, ()):
             problems += [f"{table}: hook in {chain} jumps to undefined chain {target}"
                          for kind, target in referenced(rule) if kind == "chain" and target not in chains]

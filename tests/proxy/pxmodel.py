@@ -102,9 +102,13 @@ def desired(objects: Iterable[Mapping[str, Any]], node_name: str = NODE) -> Desi
 
 
 def describe(ruleset: ProxyRuleset) -> str:
-    """The ruleset as ``iptables-restore --noflush`` input: per table, every chain declared, then its
-    rules, then the hooks inserted first in their built-in chains."""
+    """The ruleset as ``iptables-restore --noflush`` input: its ipsets as comment lines (``# ipset``
+    followed by ``ipset restore`` input, see ``golden_sets``), then per table, every chain declared,
+    then its rules, then the hooks inserted first in their built-in chains."""
     out = []
+    for name, spec in ruleset.sets.items():
+        out.append(f"# ipset create {name} {spec.type}")
+        out += [f"# ipset add {name} {member}" for member in sorted(spec.members)]
     for table, chains in ruleset.tables.items():
         out.append(f"*{table}")
         out += [f":{name} - [0:0]" for name in chains]
@@ -112,6 +116,19 @@ def describe(ruleset: ProxyRuleset) -> str:
         out += [f"-I {chain} 1 {spec}" for chain, spec in ruleset.hooks[table]]
         out.append("COMMIT")
     return "\n".join(out) + "\n"
+
+
+def golden_sets(text: str) -> dict[str, tuple[str, list[str]]]:
+    """The ipsets a ``describe`` text declares: name -> (type, members)."""
+    sets: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        if line.startswith("# ipset create "):
+            name, set_type = line.split()[3:5]
+            sets[name] = (set_type, [])
+        elif line.startswith("# ipset add "):
+            name, member = line.split()[3:5]
+            sets[name][1].append(member)
+    return sets
 
 
 def parse_restore(text: str) -> tuple[dict[str, dict[str, list[str]]], dict[str, list[tuple[str, str]]]]:

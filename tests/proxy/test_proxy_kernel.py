@@ -35,6 +35,7 @@ from pxmodel import (
     desired,
     endpoint,
     endpoint_slice,
+    golden_sets,
     parse_restore,
     port,
     saved_chains,
@@ -42,6 +43,7 @@ from pxmodel import (
 )
 
 from kr_core.model import DesiredState
+from kr_plugins.kernel.ipset import IPSetSpec, parse_save
 from kr_plugins.proxy.rules import ProxyRuleset, probability, render_proxy
 
 HERE = Path(__file__).parent
@@ -130,7 +132,7 @@ def sync_counts(result: dict[str, Any]) -> tuple[bool, int, int, int]:
 
 
 def assert_programmed(ns: Netns, ruleset: ProxyRuleset, flavour: str = "nft") -> None:
-    """kr's chains in the kernel are exactly ``ruleset``'s, rule for rule, and each hook is in its built-in
+    """kr's chains and sets in the kernel are exactly ``ruleset``'s, rule for rule, and each hook is in its built-in
     chain exactly once, before any rule of another tool."""
     for table in ("nat", "filter"):
         own, other = ns.chains(flavour, table)
@@ -139,6 +141,7 @@ def assert_programmed(ns: Netns, ruleset: ProxyRuleset, flavour: str = "nft") ->
             rules = other[chain]
             assert rules.count(spec) == 1, (chain, rules)
             assert all(r.split(" -j ")[-1].startswith("KR-") for r in rules[:rules.index(spec)]), (chain, rules)
+    assert parse_save(ns.ex("ipset", "save"), lambda name: name.startswith("KR-PX-"))[0] == dict(ruleset.sets)
 
 
 # --- what iptables-save prints is what the renderer wrote
@@ -153,6 +156,13 @@ def test_golden_rulesets_read_back_string_identical(netns: Callable[[], Netns], 
         ruleset = render_proxy(desired(objects), settings)
         tables, case_hooks = parse_restore(text)
         assert tables == {t: {n: list(r) for n, r in c.items()} for t, c in ruleset.tables.items()}, case
+        sets = golden_sets(text)
+        assert sets == {name: (spec.type, sorted(spec.members)) for name, spec in ruleset.sets.items()}, case
+        ns.ex("ipset", "restore", input_text="".join(
+            f"create {name} {set_type}\n" + "".join(f"add {name} {m}\n" for m in members)
+            for name, (set_type, members) in sets.items()))
+        assert parse_save(ns.ex("ipset", "save"), lambda name: name.startswith("KR-PX-"))[0] == {
+            name: IPSetSpec(spec.type, spec.members) for name, spec in ruleset.sets.items()}, f"{case}: sets"
         ns.ex(f"iptables-{flavour}-restore", "--noflush", input_text=text)
         for table in ("nat", "filter"):
             own, other = ns.chains(flavour, table)
@@ -166,7 +176,8 @@ def test_golden_rulesets_read_back_string_identical(netns: Callable[[], Netns], 
             removal += [f"-F {name}" for name in tables[table]] + [f"-X {name}" for name in tables[table]]
             removal.append("COMMIT")
         ns.ex(f"iptables-{flavour}-restore", "--noflush", input_text="\n".join(removal) + "\n")
-        assert "KR-PX" not in ns.save(flavour, "nat") + ns.save(flavour, "filter"), case
+        ns.ex("ipset", "restore", input_text="".join(f"destroy {name}\n" for name in sets))
+        assert "KR-PX" not in ns.save(flavour, "nat") + ns.save(flavour, "filter") + ns.ex("ipset", "save"), case
     # every probability a balancing chain of up to 1,000 endpoints uses reads back as rendered
     rules = [f"-m statistic --mode random --probability {probability(1 / n)} -j RETURN" for n in range(2, 1001)]
     ns.ex(f"iptables-{flavour}-restore", "--noflush", input_text="*nat\n:KR-PX-PROBE - [0:0]\n"
@@ -178,9 +189,10 @@ def test_golden_rulesets_read_back_string_identical(netns: Callable[[], Netns], 
 
 
 def changed_state() -> tuple[DesiredState, DesiredState]:
-    """EVERYTHING, and EVERYTHING with web losing an endpoint and "gone" getting one."""
+    """EVERYTHING, and EVERYTHING with web losing an endpoint, "local" losing all of its (so its
+    chains go) and "gone" getting one."""
     before = desired(EVERYTHING)
-    objects = [obj for obj in EVERYTHING if obj["metadata"]["name"] != "web-a"]
+    objects = [obj for obj in EVERYTHING if obj["metadata"]["name"] not in ("web-a", "local-a")]
     objects += [web_slice("web", endpoint("10.244.1.5", NODE), endpoint("10.244.2.5", OTHER)),
                 web_slice("gone", endpoint("10.244.2.7", OTHER))]
     return before, desired(objects)
@@ -206,7 +218,7 @@ def test_backend_writes_only_what_changed_and_keeps_other_tools_rules(netns: Cal
     assert sync_counts(results[0])[:3] == (True, total, 0)
     assert sync_counts(results[1]) == (False, 0, 0, 0)
     written, removed = chain_delta(r_before, r_after)
-    assert 0 < written < total // 2 and removed > 0
+    assert 0 < written < total and removed > 0
     assert sync_counts(results[2])[:3] == (False, written, removed)
     assert_programmed(ns, r_after)
     # a new process (a restarted agent) reads the kernel back and finds nothing to do
@@ -237,8 +249,10 @@ def test_backend_coexists_with_the_firewall_and_cleans_up_only_its_own(netns: Ca
         ns.ex(f"iptables-{flavour}", "-t", "nat", "-N", "FOREIGN")
         ns.ex(f"iptables-{flavour}", "-t", "nat", "-A", "POSTROUTING", "-j", "FOREIGN")
         ns.ex(f"iptables-{flavour}", "-t", "filter", "-A", "FORWARD", "-s", "10.9.9.9/32", "-j", "DROP")
+    ns.ex("ipset", "create", "FOREIGN-SET", "hash:ip")
     ns.driver(("fw-sync", (fw_state, True)))
     baseline = {flavour: ns.normalized(flavour) for flavour in FLAVOURS}
+    sets_before = ns.ex("ipset", "list", "-n")
     assert "KR-FW" in baseline["nft"] and "KR-FW" not in baseline["legacy"]
 
     def hook_order() -> dict[str, list[str]]:
@@ -263,9 +277,11 @@ def test_backend_coexists_with_the_firewall_and_cleans_up_only_its_own(netns: Ca
     # leftovers of a run on the other flavour: cleanup removes them too
     ns.ex("iptables-legacy-restore", "--noflush", input_text=(GOLDEN / "etp-local.txt").read_text(encoding="utf-8"))
     assert "KR-PX" in ns.normalized("legacy")
+    assert "KR-PX-LOOPBACK" in ns.ex("ipset", "list", "-n")
     ns.driver(("cleanup", None), ("cleanup", None))
     for flavour in FLAVOURS:
         assert ns.normalized(flavour) == baseline[flavour], flavour
+    assert ns.ex("ipset", "list", "-n") == sets_before  # the firewall's sets and the foreign one stay
 
 
 def test_health_check_ports_report_local_endpoints(netns: Callable[[], Netns]) -> None:

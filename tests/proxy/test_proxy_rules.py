@@ -49,8 +49,10 @@ from pxmodel import (
 
 from kr_core.desired import build_desired_state
 from kr_plugins.kernel.iptables import check_owned, jump_target
+from kr_plugins.kernel.ipset import IPSetSpec
 from kr_plugins.proxy.rules import (
     FILTER,
+    LOOPBACK_SET,
     MARK_MASQ,
     MAX_CHAIN,
     NODEPORTS,
@@ -68,7 +70,7 @@ from kr_plugins.proxy.rules import (
 
 UPDATE = os.environ.get("KR_UPDATE_GOLDEN") == "1"
 IPV6 = re.compile(r"[0-9a-f]*:[0-9a-f]*:[0-9a-f:]*", re.IGNORECASE)
-STATISTIC = re.compile(r"^-m statistic --mode random --probability (\S+) -j (KR-PX-SEP-\w+)$")
+STATISTIC = re.compile(r"^-p tcp -m statistic --mode random --probability (\S+) -m tcp -j DNAT --to-destination (\S+)$")
 DNAT = re.compile(r"-j DNAT --to-destination ([\d.]+):(\d+)$")
 
 
@@ -116,18 +118,18 @@ def the(targets: list[str]) -> str:
     return targets[0]
 
 
-def seps(chain_rules: Iterable[str]) -> list[str]:
-    """The SEP chains a balancing chain jumps to, in order, once each."""
-    return list(dict.fromkeys(t for rule in chain_rules if (t := jump_target(rule)).startswith("KR-PX-SEP-")))
+def targets(chain_rules: Iterable[str]) -> list[str]:
+    """The endpoints (address:port) a balancing chain translates to, in order, once each."""
+    return list(dict.fromkeys(f"{m.group(1)}:{m.group(2)}" for rule in chain_rules if (m := DNAT.search(rule))))
 
 
 def destinations(ruleset: ProxyRuleset, chain: str) -> set[str]:
     """The endpoint addresses (address:port) a balancing chain reaches."""
-    found = set()
-    for sep in seps(nat(ruleset)[chain]):
-        (match,) = [m for rule in nat(ruleset)[sep] if (m := DNAT.search(rule))]
-        found.add(f"{match.group(1)}:{match.group(2)}")
-    return found
+    return set(targets(nat(ruleset)[chain]))
+
+
+def loopback(ruleset: ProxyRuleset) -> set[str]:
+    return set(ruleset.sets[LOOPBACK_SET].members)
 
 
 def filter_rules(ruleset: ProxyRuleset) -> tuple[str, ...]:
@@ -153,7 +155,7 @@ def test_probabilities_are_1_over_n_then_1_over_n_minus_1_and_the_last_rule_is_u
         assert abs(float(match.group(1)) - 1 / (n - i)) < 1e-9
         shares.append(share_left * float(match.group(1)))
         share_left -= shares[-1]
-    assert re.fullmatch(r"-j KR-PX-SEP-\w+", balance[-1])
+    assert re.fullmatch(r"-p tcp -m tcp -j DNAT --to-destination [\d.:]+", balance[-1])
     shares.append(share_left)
     assert all(abs(share - 1 / n) < 1e-8 for share in shares)
     assert destinations(r, chain) == {f"10.244.2.{i + 10}:8080" for i in range(n)}
@@ -169,15 +171,15 @@ def test_probability_is_printed_as_the_kernel_keeps_it() -> None:
         assert probability(1 / n) == f"{kept / 2 ** 31:.11f}"
 
 
-def test_a_pods_own_endpoint_chain_masquerades_it_hairpin() -> None:
+def test_a_pod_reaching_itself_through_its_service_is_masqueraded_hairpin() -> None:
+    """This node's endpoints, and only they, are in the loopback set, which POSTROUTING matches as
+    (destination, destination port, source) after the DNAT."""
     r = render(*CASES["etp-local"][:1])
-    sep_chains = [name for name in nat(r) if name.startswith("KR-PX-SEP-")]
-    assert len(sep_chains) == 4
-    for sep in sep_chains:
-        hairpin, dnat = nat(r)[sep]
-        address = DNAT.search(dnat)
-        assert address and hairpin == f"-s {address.group(1)}/32 -j {MARK_MASQ}"
-        assert dnat.startswith("-p tcp ")
+    assert loopback(r) == {"10.244.1.5,tcp:8080,10.244.1.5", "10.244.1.6,tcp:8080,10.244.1.6"}
+    assert nat(r)["KR-PX-POSTROUTING"][0] == f"-m set --match-set {LOOPBACK_SET} dst,dst,src -j MASQUERADE"
+    assert loopback(render(CASES["etp-local-without-local-endpoints"][0])) == set()
+    assert loopback(render(CASES["protocols"][0])) == {"10.244.1.53,tcp:5353,10.244.1.53", "10.244.1.53,udp:5353,10.244.1.53",
+                                                       "10.244.1.53,sctp:3868,10.244.1.53"}
 
 
 def test_named_target_port_reaches_each_endpoint_on_its_own_number() -> None:
@@ -193,14 +195,14 @@ def test_each_protocol_gets_its_own_chains_and_matches() -> None:
                    if f'"kube-system/dns:{name} cluster IP"' in rule]
         assert f" -p {proto} " in rule and f"-m {proto} --dport" in rule
         chain = jump_target(rule)
-        for sep in seps(nat(r)[chain]):
-            assert nat(r)[sep][1].startswith(f"-p {proto} -m {proto} -j DNAT")
+        dnats = [rule for rule in nat(r)[chain] if "-j DNAT" in rule]
+        assert dnats and all(rule.startswith(f"-p {proto} ") and f" -m {proto} -j DNAT" in rule for rule in dnats)
     assert len({jump_target(rule) for rules in nat(r).values() for rule in rules if "cluster IP" in rule}) == 3
 
 
 def test_without_endpoints_everything_is_rejected_and_nothing_translated() -> None:
     r = render(CASES["no-endpoints"][0])
-    assert not any(name.startswith(("KR-PX-SVC-", "KR-PX-SEP-", "KR-PX-EXT-", "KR-PX-D-")) for name in nat(r))
+    assert not any(name.startswith(("KR-PX-SVC-", "KR-PX-EXT-", "KR-PX-D-")) for name in nat(r))
     assert nat(r)[NODEPORTS] == ()
     rejected = filter_rules(r)
     assert all(rule.endswith("-j REJECT --reject-with icmp-port-unreachable") for rule in rejected)
@@ -223,13 +225,16 @@ def test_client_ip_affinity_checks_recent_clients_first_and_records_them() -> No
     r = render(CASES["affinity"][0])
     chain = the(dispatched(r, "default/web:http cluster IP"))
     rules = nat(r)[chain][1:]
-    targets = seps(rules)
-    assert len(targets) == 3
-    assert list(rules[:3]) == [f"-m recent --rcheck --seconds 600 --reap --name {sep} --mask 255.255.255.255 "
-                               f"--rsource -j {sep}" for sep in targets]
-    assert [STATISTIC.match(rule) is not None for rule in rules[3:]] == [True, True, False]
-    for sep in targets:
-        assert f"-m recent --set --name {sep} --mask 255.255.255.255 --rsource -m tcp -j DNAT" in nat(r)[sep][1]
+    endpoints = targets(rules)
+    assert len(endpoints) == 3 and len(rules) == 6
+    lists = [re.search(r"--name (KR-PX-A-\w+) ", rule).group(1) for rule in rules[:3]]  # type: ignore[union-attr]
+    assert len(set(lists)) == 3
+    assert list(rules[:3]) == [f"-p tcp -m recent --update --seconds 600 --reap --name {name} --mask 255.255.255.255 "
+                               f"--rsource -m tcp -j DNAT --to-destination {to}" for name, to in zip(lists, endpoints)]
+    for index, (rule, name, to) in enumerate(zip(rules[3:], lists, endpoints)):
+        chance = f" -m statistic --mode random --probability {probability(1 / (3 - index))}" if index < 2 else ""
+        assert rule == (f"-p tcp{chance} -m recent --set --name {name} --mask 255.255.255.255 --rsource "
+                        f"-m tcp -j DNAT --to-destination {to}")
     assert not any("recent" in rule for rules in nat(render(CASES["clusterip-endpoints"][0])).values()
                    for rule in rules)
 
@@ -309,7 +314,7 @@ def test_internal_traffic_policy_local() -> None:
     assert svl.startswith("KR-PX-SVL-") and not any(name.startswith("KR-PX-SVC-") for name in nat(r))
     assert nat(r)[svl][0] == f"! -s 10.244.1.0/24 -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j {MARK_MASQ}"
     assert destinations(r, svl) == {"10.244.1.5:8080"}
-    assert seps(nat(r)[svl]) == [jump_target(nat(r)[svl][-1])]  # one endpoint: no statistic rule
+    assert nat(r)[svl][1:] == ("-p tcp -m tcp -j DNAT --to-destination 10.244.1.5:8080",)  # no statistic rule
     r = render(CASES["itp-local-without-local-endpoints"][0])
     assert dispatched(r, "default/web:http cluster IP") == []
     assert filter_rules(r) == (('-d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http has no local '
@@ -343,7 +348,7 @@ def test_nodeport_addresses_limit_where_node_ports_answer() -> None:
 def test_the_masquerade_mark_follows_the_setting() -> None:
     r = render(*CASES["mark-bit"])
     assert nat(r)[MARK_MASQ] == ("-j MARK --set-xmark 0x100000/0x100000",)
-    assert nat(r)["KR-PX-POSTROUTING"][0] == "-m mark ! --mark 0x100000/0x100000 -j RETURN"
+    assert nat(r)["KR-PX-POSTROUTING"][1] == "-m mark ! --mark 0x100000/0x100000 -j RETURN"
     assert not any("0x4000" in rule for rules in nat(r).values() for rule in rules)
 
 
@@ -406,14 +411,18 @@ def test_chain_names_are_kr_proxy_names_that_fit_the_kernel_and_are_stable() -> 
 
 def test_consistency_check_finds_problems() -> None:
     bad = ProxyRuleset(tables={"nat": {"KR-PX-SERVICES": ("-j KR-PX-MISSING", "-j DNAT --to-destination 1.2.3.4:5"),
-                                       "OTHER": (), "KR-PX-" + "X" * 30: ()},
+                                       "OTHER": (), "KR-PX-" + "X" * 30: (),
+                                       "KR-PX-POSTROUTING": ("-m set --match-set KR-PX-NOSET dst -j MASQUERADE",
+                                                             f"-m set --match-set {LOOPBACK_SET} dst,dst,src -j MASQUERADE")},
                                "filter": {FILTER: ("-j KR-PX-SERVICES",)}},
                        hooks={"nat": (("PREROUTING", "-j KR-PX-SERVICES"), ("OUTPUT", "-j KR-PX-NOPE")),
-                              "filter": (("INPUT", f"-j {FILTER}"),)})
+                              "filter": (("INPUT", f"-j {FILTER}"),)},
+                       sets={LOOPBACK_SET: IPSetSpec("hash:ip,port,ip")})
     with pytest.raises(InconsistentRuleset) as info:
         check_consistency(bad)
     message = str(info.value)
-    for needle in ("KR-PX-MISSING", "OTHER", "XXXX", "KR-PX-NOPE", "filter/KR-PX-FILTER"):
+    assert f"undefined set {LOOPBACK_SET}" not in message
+    for needle in ("KR-PX-MISSING", "OTHER", "XXXX", "KR-PX-NOPE", "filter/KR-PX-FILTER", "undefined set KR-PX-NOSET"):
         assert needle in message
     assert "undefined chain DNAT" not in message  # built-in targets are not chains kr must define
 
@@ -436,7 +445,7 @@ def test_unchanged_service_ports_keep_their_rule_objects() -> None:
     web_port = build_desired_state(snap, NODE).service_port("default/web/http")
     assert web_port is not None
     web_chains = set(render_service(web_port, ProxySettings(), ("10.244.1.0/24",)).chains)
-    assert len(web_chains) >= 5
+    assert len(web_chains) >= 2
     for name in web_chains:
         assert second.tables["nat"][name] is first.tables["nat"][name], name
     changed = [name for name in nat(second) if name.startswith(("KR-PX-SVC-", "KR-PX-EXT-")) and name not in web_chains]
@@ -569,14 +578,14 @@ def test_a_renderer_kept_across_changes_equals_a_fresh_render(settings: ProxySet
             assert list(kept.tables[table].items()) == list(fresh.tables[table].items()), f"step {step}: {what}"
         if last is not None:
             reused += sum(rules is last.tables["nat"].get(name) for name, rules in kept.tables["nat"].items()
-                          if name.startswith("KR-PX-SEP-"))
+                          if name.startswith("KR-PX-SVC-"))
         last = kept
     assert reused > 300  # the renderer did keep rules: the comparison above was not between two fresh renders
 
 
 def test_consistency_check_can_be_limited_to_the_chains_a_sync_writes() -> None:
     bad = ProxyRuleset(tables={"nat": {"KR-PX-A": ("-j KR-PX-MISSING",), "KR-PX-B": ("-j KR-PX-A",)}},
-                       hooks={"nat": ()})
+                       hooks={"nat": ()}, sets={})
     check_consistency(bad, only={"nat": ["KR-PX-B"]})
     with pytest.raises(InconsistentRuleset, match="KR-PX-MISSING"):
         check_consistency(bad, only={"nat": ["KR-PX-A", "KR-PX-B"]})

@@ -23,7 +23,7 @@ from kr_core.changes import ChangeSet
 from kr_core.config import AgentConfig
 from kr_core.errors import KrError
 from kr_core.model import DesiredState, Endpoint, ServicePort
-from kr_plugins.kernel import conntrack
+from kr_plugins.kernel import conntrack, ipset
 from kr_plugins.kernel.iptables import Flavour, IptablesRestore, TableState
 from kr_plugins.proxy.endpoints import choose, externally_reachable, usable
 from kr_plugins.proxy.flows import UdpTargets, stale_flows, udp_targets
@@ -219,9 +219,16 @@ class FakeKernel:
         self.restores: list[str] = []
         self.conntrack: list[list[str]] = []
         self.conntrack_exit = conntrack_exit
-        monkeypatch.setattr(IptablesProxy, "_read_kernel", lambda backend: {t: TableState() for t in ("nat", "filter")})
+        self.ipsets: list[str] = []
+        monkeypatch.setattr(IptablesProxy, "_read_kernel", self.read_kernel)
+        monkeypatch.setattr(ipset, "restore", lambda text: self.ipsets.append(text))
         monkeypatch.setattr(IptablesRestore, "restore", lambda iptables, text: self.restores.append(text))
         monkeypatch.setattr(conntrack, "run_unchecked", self.run_conntrack)
+
+    @staticmethod
+    def read_kernel(backend: IptablesProxy) -> None:
+        backend._programmed = {t: TableState() for t in ("nat", "filter")}
+        backend._sets = {}
 
     def run_conntrack(self, argv: list[str], *args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
         self.conntrack.append(list(argv))
@@ -249,7 +256,7 @@ def test_backend_deletes_stale_udp_flows_only_for_changes_it_saw(monkeypatch: py
     assert kernel.conntrack == [["conntrack", "-D", "-p", "udp", "--orig-dst", a, "--dst-nat", "10.244.2.5"]
                                 for a in ADDRESSES] + [
         ["conntrack", "-D", "-p", "udp", "--orig-port-dst", "30053", "--dst-nat", "10.244.2.5"]]
-    assert len(kernel.restores) == 2 and "-X KR-PX-SEP-" in kernel.restores[1]
+    assert len(kernel.restores) == 2 and ":KR-PX-SVC-" in kernel.restores[1]
     assert not any("10.244.2.5" in line for line in kernel.restores[1].splitlines() if line.startswith("-A "))
 
 
