@@ -856,7 +856,7 @@ def sync_steps(snapshot: dict[str, dict[str, Any]], renderer: Any, programmed: d
     )
     from kr_plugins.proxy.flows import udp_targets
     from kr_plugins.proxy.healthcheck import health_targets
-    from kr_plugins.proxy.iptables import TABLES, owned_chain
+    from kr_plugins.proxy.iptables import TABLES, owned
     from kr_plugins.proxy.rules import check_consistency, hooks
 
     timings: dict[str, float] = {}
@@ -874,7 +874,7 @@ def sync_steps(snapshot: dict[str, dict[str, Any]], renderer: Any, programmed: d
     ruleset = step("ProxyRenderer.render", renderer.render, desired)
     if programmed is None:
         wanted = hooks()
-        programmed = {table: parse_table_save([], owned_chain, wanted[table]) for table in TABLES}
+        programmed = {table: parse_table_save([], owned, wanted[table]) for table in TABLES}
     bodies = step("render_table (diff)", lambda: {
         table: render_table(table, ruleset.tables[table], ruleset.hooks[table], programmed[table])
         for table in TABLES})

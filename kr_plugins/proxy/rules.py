@@ -241,61 +241,112 @@ def render_service(service: ServicePort, settings: ProxySettings, local_cidrs: t
     return ServiceRules(chains, buckets, tuple(nodeports), tuple(filter_rules), frozenset(loopback))
 
 
+ServiceKey = tuple[str, str, str, str]  # namespace, name, port name, protocol
+
+
 class ProxyRenderer:
     """Renders the desired states of one node, one after another.
 
-    Each ``render`` returns exactly what a fresh renderer would; a service port's ``ServiceRules`` are
-    kept while the desired-state builder hands back the very same ``ServicePort`` object (and this
-    node's pod CIDRs are unchanged), so a sync re-renders only the service ports that changed.
+    Each ``render`` returns what a fresh renderer would (the same chains, rules, hooks and sets; the
+    order of the chain mapping carries no meaning). A service port's ``ServiceRules`` are kept while the
+    desired-state builder hands back the very same ``ServicePort`` object (and this node's pod CIDRs are
+    unchanged), and so is everything assembled from them: a sync re-renders only the service ports that
+    changed, and re-assembles only the bucket chains, node-port, filter and loopback contents they touch.
+    What still grows with the number of services per sync is one identity check per service port and
+    copying the chain mapping for the caller.
     """
 
     def __init__(self, settings: ProxySettings | None = None) -> None:
         self.settings = settings or ProxySettings()
-        self._local_cidrs: tuple[str, ...] | None = None
-        self._kept: dict[tuple[str, str, str, str], tuple[ServicePort, ServiceRules]] = {}
+        self._reset(None)
+
+    def _reset(self, local_cidrs: tuple[str, ...] | None) -> None:
+        self._local_cidrs = local_cidrs
+        self._kept: dict[ServiceKey, tuple[ServicePort, ServiceRules]] = {}
+        self._own: dict[str, tuple[str, ...]] = {}  # every service port's own chains
+        self._bucket_entries: dict[str, dict[ServiceKey, list[tuple[int, str]]]] = {}
+        self._buckets: dict[str, tuple[str, ...]] = {}
+        self._loopback: frozenset[str] = frozenset()
+        self._nodeports: tuple[str, ...] = ()
+        self._filter: tuple[str, ...] = ()
+        self._services_chain: tuple[str, ...] = ()
 
     def render(self, desired: DesiredState) -> ProxyRuleset:
         local_cidrs = self._local(desired)
         if local_cidrs != self._local_cidrs:
-            self._kept, self._local_cidrs = {}, local_cidrs
-        kept: dict[tuple[str, str, str, str], tuple[ServicePort, ServiceRules]] = {}
-        own: dict[str, tuple[str, ...]] = {}
-        buckets: dict[str, list[tuple[int, str]]] = {}
-        nodeports: list[str] = []
-        filter_rules: list[str] = []
-        loopback: set[str] = set()
+            self._reset(local_cidrs)
+        kept: dict[ServiceKey, tuple[ServicePort, ServiceRules]] = {}
+        swaps: list[tuple[ServiceKey, ServiceRules | None, ServiceRules | None]] = []
         for service in desired.services:
             key = (service.namespace, service.name, service.port_name, service.protocol.value)
             entry = self._kept.get(key)
             if entry is None or entry[0] is not service:
-                entry = (service, render_service(service, self.settings, local_cidrs))
+                rules = render_service(service, self.settings, local_cidrs)
+                swaps.append((key, entry[1] if entry is not None else None, rules))
+                entry = (service, rules)
             kept[key] = entry
-            rules = entry[1]
-            own.update(rules.chains)
-            for bucket, order, rule in rules.dispatch:
-                buckets.setdefault(bucket, []).append((order, rule))
-            nodeports += rules.nodeports
-            filter_rules += rules.filter
-            if rules.loopback:
-                loopback |= rules.loopback
-        self._kept = kept
+        if len(kept) != len(self._kept) or swaps:
+            swaps += [(key, entry[1], None) for key, entry in self._kept.items() if key not in kept]
+        self._kept = kept  # in the order of desired.services, which the filter rules follow
+        self._apply(swaps)
+        return self._ruleset()
+
+    def _apply(self, swaps: list[tuple[ServiceKey, ServiceRules | None, ServiceRules | None]]) -> None:
+        """Take the assembled chains from the old to the new rules of each swapped service port."""
+        dirty: set[str] = set()
+        nodeports = filters = loopback = False
+        for key, old, new in swaps:
+            if old is not None:
+                for name in old.chains:
+                    del self._own[name]
+                for bucket, _, _ in old.dispatch:
+                    dirty.add(bucket)
+                    self._bucket_entries[bucket].pop(key, None)
+            if new is not None:
+                self._own.update(new.chains)
+                for bucket, order, rule in new.dispatch:
+                    dirty.add(bucket)
+                    self._bucket_entries.setdefault(bucket, {}).setdefault(key, []).append((order, rule))
+            nodeports = nodeports or bool((old and old.nodeports) or (new and new.nodeports))
+            filters = filters or bool((old and old.filter) or (new and new.filter))
+            loopback = loopback or bool((old and old.loopback) or (new and new.loopback))
+        for bucket in dirty:
+            entries = self._bucket_entries.get(bucket)
+            if entries:
+                if bucket not in self._buckets:
+                    self._services_chain = ()  # a new bucket to jump to
+                self._buckets[bucket] = tuple(rule for _, rule in sorted(e for es in entries.values() for e in es))
+            else:
+                self._bucket_entries.pop(bucket, None)
+                if self._buckets.pop(bucket, None) is not None:
+                    self._services_chain = ()
+        if nodeports:
+            self._nodeports = tuple(sorted(rule for _, rules in self._kept.values() for rule in rules.nodeports))
+        if filters:
+            self._filter = tuple(rule for _, rules in self._kept.values() for rule in rules.filter)
+        if loopback:
+            self._loopback = frozenset().union(*(rules.loopback for _, rules in self._kept.values() if rules.loopback))
+
+    def _ruleset(self) -> ProxyRuleset:
+        if not self._services_chain:
+            services = [f"-d {_bucket_network(name)} -j {name}" for name in sorted(self._buckets)]
+            services += [f"-d {cidr} -m addrtype --dst-type LOCAL -j {NODEPORTS}"
+                         for cidr in self.settings.nodeport_addresses] or \
+                        [f"! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j {NODEPORTS}"]
+            self._services_chain = tuple(services)
         mark = f"{self.settings.masquerade_mark:#x}"
-        services = [f"-d {_bucket_network(name)} -j {name}" for name in sorted(buckets)]
-        services += [f"-d {cidr} -m addrtype --dst-type LOCAL -j {NODEPORTS}"
-                     for cidr in self.settings.nodeport_addresses] or \
-                    [f"! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j {NODEPORTS}"]
         nat: dict[str, tuple[str, ...]] = {
-            SERVICES: tuple(services),
-            NODEPORTS: tuple(sorted(nodeports)),
+            SERVICES: self._services_chain,
+            NODEPORTS: self._nodeports,
             MARK_MASQ: (f"-j MARK --set-xmark {mark}/{mark}",),
             POSTROUTING: (f"-m set --match-set {LOOPBACK_SET} dst,dst,src -j MASQUERADE",
                           f"-m mark ! --mark {mark}/{mark} -j RETURN", f"-j MARK --set-xmark 0x0/{mark}",
                           "-j MASQUERADE --random-fully"),
         }
-        nat.update((name, tuple(rule for _, rule in sorted(entries))) for name, entries in sorted(buckets.items()))
-        nat.update(own)
-        return ProxyRuleset(tables={"nat": nat, "filter": {FILTER: tuple(filter_rules)}}, hooks=hooks(),
-                            sets={LOOPBACK_SET: IPSetSpec(LOOPBACK_TYPE, frozenset(loopback))})
+        nat.update((name, self._buckets[name]) for name in sorted(self._buckets))
+        nat.update(self._own)
+        return ProxyRuleset(tables={"nat": nat, "filter": {FILTER: self._filter}}, hooks=hooks(),
+                            sets={LOOPBACK_SET: IPSetSpec(LOOPBACK_TYPE, self._loopback)})
 
     def _local(self, desired: DesiredState) -> tuple[str, ...]:
         if self.settings.cluster_cidr:
