@@ -1,19 +1,20 @@
 #!/usr/bin/env python
-"""Scale benchmark of the ``proxy.iptables`` backend (kube-proxy's 10,000 services x 10 endpoints).
+"""Scale benchmark of the ``proxy.iptables`` (default) or ``proxy.ipvs`` backend (kube-proxy's 10,000 services
+x 10 endpoints).
 
 Generates Nodes, Services and their EndpointSlices, serves them from the API stand-in
 (``python -m kr_apiserver``) inside a network namespace this script creates, runs the real agent
-(``kr run --plugins proxy.iptables``) in the same namespace, and measures:
+(``kr run --plugins proxy.iptables``, or ``--backend proxy.ipvs``) in the same namespace, and measures:
 
 - the first full sync (agent log ``sync full ok in X ms`` and /metrics),
 - the floor: ``ipset restore`` of the same KR-PX sets plus ``iptables-<flavour>-restore --noflush`` of the
   same KR-PX chains and hook jumps (dumped from the agent's namespace after its first sync) into an empty
-  fresh namespace (median of --floor-runs),
+  fresh namespace (median of --floor-runs); none for ``proxy.ipvs`` (``NO_FLOOR`` says why),
 - latency from API writes (a new Service and its EndpointSlice; one endpoint of a slice turning not
   ready; one endpoint's address changing) to the agent's /healthz ``syncedResourceVersions`` reaching
   the writes' resourceVersions (polled every 1 ms),
-- chains and restore lines written per partial sync (the backend's debug line), partial-sync durations,
-  and the agent's peak RSS (VmHWM).
+- what each partial sync wrote (the backend's debug line: chains and restore lines for ``proxy.iptables``,
+  virtual services and sets for ``proxy.ipvs``), partial-sync durations, and the agent's peak RSS (VmHWM).
 
 The helpers shared with the firewall benchmark (HTTP, /healthz, percentiles, process and namespace
 handling) are imported from ``firewall_scale``. Only namespaces this script creates (``krbench-XXXX*``)
@@ -22,6 +23,9 @@ are touched; all are deleted on exit, and all traffic stays on their loopback. U
     .venv/bin/python benchmarks/proxy_scale.py --json /tmp/px.json
     .venv/bin/python benchmarks/proxy_scale.py --services 1000 --changes 10     # quick
     .venv/bin/python benchmarks/proxy_scale.py --profile                        # offline, no kernel
+
+``proxy.ipvs`` needs a kernel with IPVS: ``benchmarks/proxy_ipvs_guest.py`` runs this script with
+``--backend proxy.ipvs`` in the UML guest kernel.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ from firewall_scale import (  # importing it also puts the repository on sys.pat
 from kr_lab import netns as labns
 from kr_plugins.kernel.iptables import table_lines
 
-BACKEND = "proxy.iptables"
+IPTABLES, IPVS = "proxy.iptables", "proxy.ipvs"
+NO_FLOOR = {IPVS: "no floor for proxy.ipvs: no tool loads IPVS services in bulk here (ipvsadm is not installed)"}
 #: Where pods get addresses: each node a block of this range big enough for its endpoints.
 POD_RANGE = ipaddress.IPv4Network("10.128.0.0/9")
 EXTERNAL_RANGE = ipaddress.IPv4Network("198.51.100.0/24")
@@ -354,22 +359,58 @@ PX_LINE = re.compile(r"proxy sync \(full=(True|False)\): (\d+) chain\(s\) writte
                      r"(\d+) restore line\(s\)")
 
 
-def parse_log(text: str) -> dict[str, Any]:
+IPVS_LINE = re.compile(r"proxy sync \(full=(True|False)\): (\d+) virtual service\(s\), (\d+) set\(s\) written, "
+                       r"(\d+) draining")
+#: Which iptables flavour the backend chose (``proxy: ...`` or ``proxy (ipvs): using iptables-legacy``).
+FLAVOUR_LINE = re.compile(r"proxy(?: \(ipvs\))?: using iptables-(\w+)")
+
+
+def parse_log(text: str, backend: str) -> dict[str, Any]:
     syncs = [(m.group(1), float(m.group(2))) for m in SYNC_LINE.finditer(text)]
-    writes = [{"full": m.group(1) == "True", "chains": int(m.group(2)), "removed": int(m.group(3)),
-               "lines": int(m.group(4))} for m in PX_LINE.finditer(text)]
+    if backend == IPVS:
+        writes = [{"full": m.group(1) == "True", "virtual_services": int(m.group(2)), "sets": int(m.group(3)),
+                   "draining": int(m.group(4))} for m in IPVS_LINE.finditer(text)]
+    else:
+        writes = [{"full": m.group(1) == "True", "chains": int(m.group(2)), "removed": int(m.group(3)),
+                   "lines": int(m.group(4))} for m in PX_LINE.finditer(text)]
     return {"syncs": syncs, "writes": writes}
+
+
+def write_stats(writes: list[dict[str, Any]], backend: str) -> dict[str, Any]:
+    """What a series' syncs wrote, p50 and max, in the backend's own terms."""
+    keys = ({"virtual_services": "virtual_services", "sets": "sets_written"} if backend == IPVS
+            else {"chains": "chains_written", "lines": "lines_written"})
+    max_only = {"draining": "draining"} if backend == IPVS else {"removed": "chains_removed"}
+    stats: dict[str, Any] = {}
+    for key, name in keys.items():
+        stats[f"{name}_p50"] = pct([w[key] for w in writes], 50)
+        stats[f"{name}_max"] = max((w[key] for w in writes), default=0)
+    for key, name in max_only.items():
+        stats[f"{name}_max"] = max((w[key] for w in writes), default=0)
+    return stats
+
+
+def writes_summary(series: dict[str, Any], backend: str) -> str:
+    """One series' writes per sync for the progress line."""
+    if backend == IPVS:
+        return (f"virtual services p50 {series['virtual_services_p50']:.0f}, "
+                f"sets written p50 {series['sets_written_p50']:.0f}")
+    return (f"chains written p50 {series['chains_written_p50']:.0f}, "
+            f"restore lines p50 {series['lines_written_p50']:.0f}")
+
+
+def backend_metric(backend: str, part: str) -> str:
+    return f'kr_backend_sync_duration_seconds_{part}{{backend="{backend}"}}'
 
 
 METRICS = ("kubeproxy_sync_full_proxy_rules_duration_seconds_sum",
            "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
            "kubeproxy_sync_partial_proxy_rules_duration_seconds_sum",
            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count",
-           f'kr_backend_sync_duration_seconds_sum{{backend="{BACKEND}"}}',
-           f'kr_backend_sync_duration_seconds_count{{backend="{BACKEND}"}}')
+           *(backend_metric(b, part) for b in (IPTABLES, IPVS) for part in ("sum", "count")))
 
 
-def first_attempt_seconds(text: str) -> float:
+def first_attempt_seconds(text: str, backend: str) -> float:
     """From the agent's 'syncing may start' line to its first 'failed to sync' line (log timestamps)."""
     import datetime
 
@@ -377,7 +418,7 @@ def first_attempt_seconds(text: str) -> float:
         line = next(line for line in text.splitlines() if marker in line)
         return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
-    return (stamp(f"{BACKEND} failed to sync") - stamp("syncing may start")).total_seconds()
+    return (stamp(f"{backend} failed to sync") - stamp("syncing may start")).total_seconds()
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -431,14 +472,14 @@ def programmed_counts(rules: str, sets: str) -> dict[str, int]:
     }
 
 
-def offline_ruleset(seeded: dict[str, list[dict[str, Any]]]) -> tuple[Any, int]:
-    """What the agent's renderer makes of the seeded objects (default settings, as the benchmark runs
-    it), and the number of service ports."""
+def offline_ruleset(seeded: dict[str, list[dict[str, Any]]], render: bool = True) -> tuple[Any, int]:
+    """What ``proxy.iptables``'s renderer makes of the seeded objects (default settings, as the benchmark
+    runs it; None unless ``render``), and the number of service ports."""
     from kr_core.desired import build_desired_state
     from kr_plugins.proxy.rules import ProxyRenderer
 
     desired = build_desired_state(snapshot_of(seeded), NODE)
-    return ProxyRenderer().render(desired), len(desired.services)
+    return (ProxyRenderer().render(desired) if render else None), len(desired.services)
 
 
 #: The order iptables-save prints built-in chains in.
@@ -549,13 +590,65 @@ def code_version() -> str:
                                                    if dirty else "")
 
 
+def measure_iptables_programmed(args: argparse.Namespace, ns: str, prefix: str, workdir: Path,
+                                result: dict[str, Any], ruleset: Any, expected: str) -> None:
+    """What ``proxy.iptables`` programmed in ``ns``, and the floor: loading exactly that into an empty
+    namespace (and, with --time-agent-text, the agent's own restore text)."""
+    saves = {table: in_ns(ns, run_cmd, [f"iptables-{result['flavour']}-save", "-t", table])[1]
+             for table in ("nat", "filter")}
+    rules = proxy_dump(saves)
+    sets = sets_dump(in_ns(ns, run_cmd, ["ipset", "save"])[1])
+    result["floor_source"] = "kernel dump after the first sync"
+    result["dump_equals_offline_render"] = rules == expected
+    if rules != expected:
+        result["dump_vs_render_differing_lines"] = len(set(rules.splitlines()) ^ set(expected.splitlines()))
+    (workdir / "rules.txt").write_text(rules)
+    result["programmed"] = programmed_counts(rules, sets)
+    result["floor"] = measure_floor(prefix, result["flavour"], rules, sets, args.floor_runs)
+    if "preload" not in result:
+        result["full_over_floor"] = result["first_sync_ms"] / result["floor"]["median_ms"]
+    print(f"programmed {result['programmed']}; floor {result['floor']['median_ms']:.0f} ms "
+          f"(samples {', '.join(f'{s:.0f}' for s in result['floor']['samples_ms'])}); "
+          f"ratio {result.get('full_over_floor', float('nan')):.2f}", flush=True)
+    if args.time_agent_text:
+        agent_text = agent_restore_text(ruleset)
+        result["agent_text_restore"] = measure_restore(
+            f"{prefix}-a", result["flavour"], agent_text, sets, args.agent_text_timeout)
+        print(f"the agent's own restore text (declarations in its render order) into an empty namespace: "
+              f"{result['agent_text_restore']}", flush=True)
+
+
+def ipvs_counts() -> dict[str, int]:
+    """Run inside a namespace: its IPVS virtual services and their real servers (one netlink dump each)."""
+    from kr_plugins.kernel.ipvs import IpvsKernel
+
+    kernel = IpvsKernel()
+    try:
+        services = kernel.services()
+        return {"virtual_services": len(services),
+                "real_servers": sum(len(kernel.reals(service)) for service in services.values())}
+    finally:
+        kernel.close()
+
+
+def measure_ipvs_programmed(ns: str, result: dict[str, Any]) -> None:
+    """What ``proxy.ipvs`` programmed in ``ns``: IPVS services and reals, and its chains and sets around
+    them. No floor (``NO_FLOOR``)."""
+    saves = {table: in_ns(ns, run_cmd, [f"iptables-{result['flavour']}-save", "-t", table])[1]
+             for table in ("nat", "filter")}
+    sets = sets_dump(in_ns(ns, run_cmd, ["ipset", "save"])[1])
+    result["programmed"] = {**in_ns(ns, ipvs_counts), **programmed_counts(proxy_dump(saves), sets)}
+    result["floor_skipped"] = NO_FLOOR[IPVS]
+    print(f"programmed {result['programmed']}; {result['floor_skipped']}", flush=True)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed + 1)
     t = time.perf_counter()
     seeded, spare, plan = generate(args)
     generation_s = time.perf_counter() - t
     t = time.perf_counter()
-    ruleset, service_ports = offline_ruleset(seeded)
+    ruleset, service_ports = offline_ruleset(seeded, render=args.backend == IPTABLES)
     render_s = time.perf_counter() - t
     endpoints = sum(len(s["endpoints"]) for s in seeded["endpointslices"])
     local = sum(e.get("nodeName") == NODE for s in seeded["endpointslices"] for e in s["endpoints"])
@@ -611,13 +704,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"API stand-in seeded ({result['seed_method']}) and serving in {result['api_seed_s']:.1f} s",
               flush=True)
 
-        failure = re.compile(rf"backend {re.escape(BACKEND)} failed to sync: (.*)")
+        failure = re.compile(rf"backend {re.escape(args.backend)} failed to sync: (.*)")
 
         def start_agent(log_path: Path) -> subprocess.Popen[Any]:
             stream = open(log_path, "w")  # noqa: SIM115 (closed in finally)
             logs.append(stream)
             return subprocess.Popen(
-                ["ip", "netns", "exec", ns, str(REPO / ".venv/bin/kr"), "run", "--plugins", BACKEND,
+                ["ip", "netns", "exec", ns, str(REPO / ".venv/bin/kr"), "run", "--plugins", args.backend,
                  "--hostname-override", NODE, "--master", api, "--healthz-bind-address", f"127.0.0.1:{HEALTHZ_PORT}",
                  "--metrics-bind-address", f"127.0.0.1:{METRICS_PORT}", "--min-sync-period", "0", "-v"],
                 cwd=REPO, stdout=stream, stderr=subprocess.STDOUT)
@@ -642,21 +735,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         agent_proc = start_agent(log_path)
         healthy = in_ns(ns, wait_first_sync, agent_proc, log_path, args.max_sync_failures)
         text = log_path.read_text()
-        flavour = re.search(r"proxy: using iptables-(\w+)", text)
+        flavour = FLAVOUR_LINE.search(text)
         result["flavour"] = flavour.group(1) if flavour else "nft"
         result["rss_after_first_sync_kib"] = vm_status(agent_proc.pid)
-        expected = save_order_text(ruleset)
+        expected = save_order_text(ruleset) if ruleset is not None else None
         if healthy is None:
             errors = failure.findall(text)
             result["first_sync_failed"] = {
                 "attempts": len(errors),
                 "error": errors[0][:500] if errors else "(gave up before any failure: --max-sync-failures 0)",
                 "seconds_to_give_up": time.perf_counter() - t_start,
-                "first_attempt_s": first_attempt_seconds(text) if errors else float("nan"),
+                "first_attempt_s": first_attempt_seconds(text, args.backend) if errors else float("nan"),
                 "rss_kib": result.pop("rss_after_first_sync_kib"),
             }
             print(f"first full sync FAILED {result['first_sync_failed']['attempts']} times: "
                   f"{result['first_sync_failed']['error']}", flush=True)
+            if expected is None:  # no ruleset to preload: proxy.ipvs
+                result["rss_kib"] = vm_status(agent_proc.pid)
+                result["floor_skipped"] = NO_FLOOR[args.backend]
+                return result
             if not args.preload:
                 result["rss_kib"] = vm_status(agent_proc.pid)
                 result["floor_source"] = "offline render (the agent never programmed it)"
@@ -678,14 +775,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"the restarted agent failed too: {log_path.read_text()[-3000:]}")
             text = log_path.read_text()
             result["rss_after_first_sync_kib"] = vm_status(agent_proc.pid)
-            flavour = re.search(r"proxy: using iptables-(\w+)", text)
+            flavour = FLAVOUR_LINE.search(text)
             if flavour and flavour.group(1) != result["flavour"]:
                 # detect_flavour lists both flavours; a listing that times out counts as "not in use"
                 result["restart_flavour_changed"] = f"{result['flavour']} -> {flavour.group(1)}"
                 result["flavour"] = flavour.group(1)
                 print(f"WARNING: the restarted agent chose iptables-{flavour.group(1)} over the preloaded "
                       f"ruleset: {result['restart_flavour_changed']}", flush=True)
-        first = parse_log(text)
+        first = parse_log(text, args.backend)
         result["first_sync_kind"] = "restart over the preloaded ruleset" if "preload" in result else "cold"
         result["start_to_first_sync_s"] = healthy - t_start
         result["first_sync_ms"] = next(ms for mode, ms in first["syncs"] if mode == "full")
@@ -693,57 +790,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"first full sync ({result['first_sync_kind']}) {result['first_sync_ms']:.0f} ms (agent start to "
               f"healthy {result['start_to_first_sync_s']:.1f} s), iptables-{result['flavour']}, "
               f"VmHWM {result['rss_after_first_sync_kib']['VmHWM'] / 1024:.0f} MiB", flush=True)
-
-        # what was programmed, and the floor: loading exactly that into an empty namespace
-        saves = {table: in_ns(ns, run_cmd, [f"iptables-{result['flavour']}-save", "-t", table])[1]
-                 for table in ("nat", "filter")}
-        rules = proxy_dump(saves)
-        sets = sets_dump(in_ns(ns, run_cmd, ["ipset", "save"])[1])
-        result["floor_source"] = "kernel dump after the first sync"
-        result["dump_equals_offline_render"] = rules == expected
-        if rules != expected:
-            result["dump_vs_render_differing_lines"] = len(set(rules.splitlines()) ^ set(expected.splitlines()))
-        (workdir / "rules.txt").write_text(rules)
-        result["programmed"] = programmed_counts(rules, sets)
-        result["floor"] = measure_floor(prefix, result["flavour"], rules, sets, args.floor_runs)
-        if "preload" not in result:
-            result["full_over_floor"] = result["first_sync_ms"] / result["floor"]["median_ms"]
-        print(f"programmed {result['programmed']}; floor {result['floor']['median_ms']:.0f} ms "
-              f"(samples {', '.join(f'{s:.0f}' for s in result['floor']['samples_ms'])}); "
-              f"ratio {result.get('full_over_floor', float('nan')):.2f}", flush=True)
-        if args.time_agent_text:
-            agent_text = agent_restore_text(ruleset)
-            result["agent_text_restore"] = measure_restore(
-                f"{prefix}-a", result["flavour"], agent_text, sets, args.agent_text_timeout)
-            print(f"the agent's own restore text (declarations in its render order) into an empty namespace: "
-                  f"{result['agent_text_restore']}", flush=True)
+        if args.backend == IPVS:
+            measure_ipvs_programmed(ns, result)
+        else:
+            assert expected is not None  # proxy.iptables always renders
+            measure_iptables_programmed(args, ns, prefix, workdir, result, ruleset, expected)
 
         # changes
         changes = in_ns(ns, measure_changes, api, seeded, spare, plan, args.changes, args.gap, log_path, rng)
         text = log_path.read_text()
         for name, series in changes.items():
             start, end = series.pop("log_range")
-            parsed = parse_log(text[start:end])
+            parsed = parse_log(text[start:end], args.backend)
             lat = series["latency_ms"]
-            writes = parsed["writes"]
             series.update({
                 "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
                 "write_p50_ms": pct(series["write_ms"], 50),
                 "syncs": len(parsed["syncs"]),
                 "sync_p50_ms": pct([ms for _, ms in parsed["syncs"]], 50),
                 "sync_p99_ms": pct([ms for _, ms in parsed["syncs"]], 99),
-                "chains_written_p50": pct([w["chains"] for w in writes], 50),
-                "chains_written_max": max((w["chains"] for w in writes), default=0),
-                "chains_removed_max": max((w["removed"] for w in writes), default=0),
-                "lines_written_p50": pct([w["lines"] for w in writes], 50),
-                "lines_written_max": max((w["lines"] for w in writes), default=0),
+                **write_stats(parsed["writes"], args.backend),
             })
             print(f"{name}: p50 {series['p50_ms']:.0f} ms, p99 {series['p99_ms']:.0f} ms "
                   f"({series['syncs']} syncs, sync p50 {series['sync_p50_ms']:.0f} ms; "
-                  f"chains written p50 {series['chains_written_p50']:.0f}, "
-                  f"restore lines p50 {series['lines_written_p50']:.0f})", flush=True)
+                  f"{writes_summary(series, args.backend)})", flush=True)
         result["changes"] = changes
-        all_syncs = parse_log(text)["syncs"]
+        all_syncs = parse_log(text, args.backend)["syncs"]
         partial = [ms for mode, ms in all_syncs if mode == "partial"]
         result["partial_sync_ms"] = {"n": len(partial), "p50": pct(partial, 50), "p99": pct(partial, 99),
                                      "max": max(partial, default=float("nan"))}
@@ -765,12 +837,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-BACKEND_SUM = f'kr_backend_sync_duration_seconds_sum{{backend="{BACKEND}"}}'
-BACKEND_COUNT = f'kr_backend_sync_duration_seconds_count{{backend="{BACKEND}"}}'
+def floor_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    if "floor_skipped" in result:
+        return [("floor", result["floor_skipped"])]
+    floor = result["floor"]
+    rows = [(f"floor: iptables-{result['flavour']}-restore (median of {len(floor['samples_ms'])})",
+             (f"{floor['median_ms']:.0f} ms ({', '.join(f'{s:.0f}' for s in floor['samples_ms'])}; "
+              f"{result['floor_source']})")),
+            ("  then one chain (2 rules) into that loaded table, p50 / max",
+             f"{floor['one_chain_p50_ms']:.0f} / {floor['one_chain_max_ms']:.0f} ms")]
+    rows += [(f"  context: {name}", str(value)) for name, value in floor.get("context", {}).items()]
+    if "full_over_floor" in result:
+        rows.append(("full sync / floor (target <= 1.5)", f"{result['full_over_floor']:.2f}"))
+    if "dump_equals_offline_render" in result:
+        rows.append(("kernel dump == offline render in save order", str(result["dump_equals_offline_render"])))
+    if "agent_text_restore" in result:
+        rows.append(("agent's own restore text into an empty namespace", str(result["agent_text_restore"])))
+    return rows
+
+
+def writes_row(s: dict[str, Any], backend: str) -> tuple[str, str]:
+    """A series' syncs: how many, how long, and what each wrote (p50, max)."""
+    if backend == IPVS:
+        return ("  syncs; sync p50/p99; virtual services, sets written per sync (p50, max)",
+                (f"{s['syncs']}; {s['sync_p50_ms']:.0f}/{s['sync_p99_ms']:.0f} ms; "
+                 f"{s['virtual_services_p50']:.0f} ({s['virtual_services_max']}), "
+                 f"{s['sets_written_p50']:.0f} ({s['sets_written_max']})"))
+    return ("  syncs; sync p50/p99; chains, restore lines written per sync (p50, max)",
+            (f"{s['syncs']}; {s['sync_p50_ms']:.0f}/{s['sync_p99_ms']:.0f} ms; "
+             f"{s['chains_written_p50']:.0f} ({s['chains_written_max']}), "
+             f"{s['lines_written_p50']:.0f} ({s['lines_written_max']})"))
 
 
 def table(result: dict[str, Any]) -> str:
     m = result.get("metrics", {})
+    backend = result["params"]["backend"]
     rows = [("code measured", result["code"]),
             ("objects", ", ".join(f"{v} {k}" for k, v in result["objects"].items())),
             ("service ports / endpoints (local)",
@@ -795,32 +896,19 @@ def table(result: dict[str, Any]) -> str:
                  ("  /metrics full sync sum/count",
                   (f"{m.get('kubeproxy_sync_full_proxy_rules_duration_seconds_sum', float('nan')) * 1000:.0f} ms / "
                    f"{m.get('kubeproxy_sync_full_proxy_rules_duration_seconds_count', 0):.0f}")),
-                 (f"  /metrics backend {BACKEND} sum/count",
-                  f"{m.get(BACKEND_SUM, float('nan')) * 1000:.0f} ms / {m.get(BACKEND_COUNT, 0):.0f}"),
+                 (f"  /metrics backend {backend} sum/count",
+                  (f"{m.get(backend_metric(backend, 'sum'), float('nan')) * 1000:.0f} ms / "
+                   f"{m.get(backend_metric(backend, 'count'), 0):.0f}")),
                  ("agent start to first sync done", f"{result['start_to_first_sync_s']:.2f} s")]
-    floor = result["floor"]
-    rows += [(f"floor: iptables-{result['flavour']}-restore (median of {len(floor['samples_ms'])})",
-              (f"{floor['median_ms']:.0f} ms ({', '.join(f'{s:.0f}' for s in floor['samples_ms'])}; "
-               f"{result['floor_source']})")),
-             ("  then one chain (2 rules) into that loaded table, p50 / max",
-              f"{floor['one_chain_p50_ms']:.0f} / {floor['one_chain_max_ms']:.0f} ms")]
-    rows += [(f"  context: {name}", str(value)) for name, value in floor.get("context", {}).items()]
-    if "full_over_floor" in result:
-        rows.append(("full sync / floor (target <= 1.5)", f"{result['full_over_floor']:.2f}"))
-    if "dump_equals_offline_render" in result:
-        rows.append(("kernel dump == offline render in save order", str(result["dump_equals_offline_render"])))
-    if "agent_text_restore" in result:
-        rows.append(("agent's own restore text into an empty namespace", str(result["agent_text_restore"])))
-    rows.append(("programmed", ", ".join(f"{v} {k}" for k, v in result["programmed"].items())))
+    rows += floor_rows(result)
+    if "programmed" in result:
+        rows.append(("programmed", ", ".join(f"{v} {k}" for k, v in result["programmed"].items())))
     if "first_sync_writes" in result:
         rows.append(("first sync wrote", str(result["first_sync_writes"])))
     for name, s in result.get("changes", {}).items():
         rows.append((f"{name}: latency p50 / p99 / max (n={s['n']})",
                      f"{s['p50_ms']:.0f} / {s['p99_ms']:.0f} / {s['max_ms']:.0f} ms"))
-        rows.append(("  syncs; sync p50/p99; chains, restore lines written per sync (p50, max)",
-                     (f"{s['syncs']}; {s['sync_p50_ms']:.0f}/{s['sync_p99_ms']:.0f} ms; "
-                      f"{s['chains_written_p50']:.0f} ({s['chains_written_max']}), "
-                      f"{s['lines_written_p50']:.0f} ({s['lines_written_max']})")))
+        rows.append(writes_row(s, backend))
     if "partial_sync_ms" in result:
         p = result["partial_sync_ms"]
         rows.append(("partial syncs: n, p50 / p99 / max",
@@ -962,6 +1050,8 @@ def profile(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=(IPTABLES, IPVS), default=IPTABLES,
+                        help="the proxy backend the agent runs (proxy.ipvs needs a kernel with IPVS)")
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--endpoints-per-service", type=int, default=10)
     parser.add_argument("--nodes", type=int, default=100, help="nodes the endpoints spread over (bench-node is one)")
@@ -994,6 +1084,8 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile (--profile)")
     args = parser.parse_args()
     if args.profile:
+        if args.backend != IPTABLES:
+            parser.error("--profile times proxy.iptables's renderer only")
         return profile(args)
     if os.geteuid() != 0:
         parser.error("must run as root (network namespaces)")
