@@ -1,7 +1,7 @@
 """The agent's cache of API objects, per kind, fed by the watcher.
 
-Objects are stored exactly as the API sent them (JSON dicts) and are never mutated after insertion, so
-a snapshot can share them without copying.
+Objects are stored as the API sent them (JSON dicts, less what ``kr_core.trim`` drops on arrival) and
+are never mutated after insertion, so a snapshot can share them without copying.
 
 Invariants:
 - ``replace()`` (a relist) swaps a kind's whole content at once and reports the difference, so a relist

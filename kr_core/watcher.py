@@ -12,7 +12,8 @@ Invariants:
   nothing (a stream closed at once, a 410 right after a relist), so a sick server is never hammered;
   a stream that delivered events and then ended cleanly (the server's timeoutSeconds) resumes at once;
 - ``stop()`` returns promptly even while a thread waits on a quiet stream (its socket is shut down);
-- objects are kept as raw JSON dicts: no per-object model classes on the hot path.
+- objects are kept as raw JSON dicts (no per-object model classes on the hot path), trimmed on arrival
+  of what kr never reads (``kr_core.trim``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kr_core.cache import Cache, CacheChange
+from kr_core.trim import trim
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +169,10 @@ class KindWatcher:
         items = body.get("items") or []
         version = str((body.get("metadata") or {}).get("resourceVersion") or "")
         for item in items:  # list items carry no kind; add it so hooks see complete objects
-            item.setdefault("kind", body.get("kind", "").removesuffix("List"))
-            item.setdefault("apiVersion", body.get("apiVersion", ""))
+            if isinstance(item, dict):
+                item.setdefault("kind", body.get("kind", "").removesuffix("List"))
+                item.setdefault("apiVersion", body.get("apiVersion", ""))
+                trim(self.kind, item)
         changes = self._cache.replace(self.kind, _valid(self.kind, items))
         self._on_list(self.kind)
         log.info("%s: listed %d objects at resourceVersion %s (%d changes)", self.kind, len(items), version, len(changes))
@@ -226,7 +230,7 @@ class KindWatcher:
             log.warning("%s: ignoring watch event of unknown type %r", self.kind, kind_of_event)
         elif kind_of_event != "BOOKMARK" and _valid(self.kind, [obj]):
             update = self._cache.delete if kind_of_event == "DELETED" else self._cache.upsert
-            change = update(self.kind, obj)
+            change = update(self.kind, trim(self.kind, obj) if isinstance(obj, dict) else obj)
         if change is not None:
             self._on_change(change)
         # published only after the change is recorded: whoever reads this version and then finds no
