@@ -24,8 +24,13 @@ from firewall_scale import NODE, generate, snapshot_of
 
 from kr_core.desired import build_desired_state
 from kr_plugins.firewall.compile import check_consistency, compile_firewall
-from kr_plugins.firewall.iptables import Programmed, render_chains, render_sets
-from kr_plugins.kernel.iptables import TableState, check_owned
+from kr_plugins.firewall.iptables import TABLE, Programmed, render_sets
+from kr_plugins.kernel.iptables import TableState, check_owned, table_change
+
+
+def render_chains(ruleset, programmed):
+    """The restore lines the backend streams for ``ruleset`` over ``programmed``, as one text."""
+    return "\n".join(table_change(TABLE, ruleset.chains, ruleset.hooks, programmed.table).lines())
 
 
 def steps(snapshot):

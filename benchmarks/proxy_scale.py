@@ -503,14 +503,14 @@ def save_order_text(ruleset: Any) -> str:
 
 def agent_restore_text(ruleset: Any) -> str:
     """The restore text the agent's first sync feeds ``iptables-restore`` (into an empty kernel)."""
-    from kr_plugins.kernel.iptables import parse_table_save, render_table, restore_text
+    from kr_plugins.kernel.iptables import parse_table_save, table_change
     from kr_plugins.proxy.iptables import TABLES, owned
     from kr_plugins.proxy.rules import hooks
 
     wanted = hooks()
-    bodies = {table: render_table(table, ruleset.tables[table], ruleset.hooks[table],
-                                  parse_table_save([], owned, wanted[table])) for table in TABLES}
-    return restore_text(bodies) or ""
+    changes = [table_change(table, ruleset.tables[table], ruleset.hooks[table],
+                            parse_table_save([], owned, wanted[table])) for table in TABLES]
+    return "".join(f"*{c.table}\n" + "".join(f"{line}\n" for line in c.lines()) + "COMMIT\n" for c in changes if len(c))
 
 
 def restore_timed(flavour: str, text: str, timeout: float, noflush: bool = True) -> dict[str, Any]:
@@ -937,10 +937,9 @@ def sync_steps(snapshot: dict[str, dict[str, Any]], renderer: Any, programmed: d
     from kr_core.desired import build_desired_state
     from kr_plugins.kernel.iptables import (
         TableState,
-        check_owned,
+        check_owned_line,
         parse_table_save,
-        render_table,
-        restore_text,
+        table_change,
     )
     from kr_plugins.proxy.flows import udp_targets
     from kr_plugins.proxy.healthcheck import health_targets
@@ -963,21 +962,20 @@ def sync_steps(snapshot: dict[str, dict[str, Any]], renderer: Any, programmed: d
     if programmed is None:
         wanted = hooks()
         programmed = {table: parse_table_save([], owned, wanted[table]) for table in TABLES}
-    bodies = step("render_table (diff)", lambda: {
-        table: render_table(table, ruleset.tables[table], ruleset.hooks[table], programmed[table])
-        for table in TABLES})
+    changes = step("table_change (diff)", lambda: [
+        table_change(table, ruleset.tables[table], ruleset.hooks[table], programmed[table]) for table in TABLES])
     # as IptablesProxy.sync does: only the chains this sync writes
-    step("check_consistency (written chains)", lambda: check_consistency(ruleset, only={
-        table: [line[1:].split(" ", 1)[0] for line in body if line.startswith(":")] for table, body in bodies.items()}))
-    text = step("restore_text", restore_text, bodies)
-    if text is not None:
-        step("check_owned (IptablesRestore.restore)", check_owned, text)
+    step("check_consistency (written chains)", lambda: check_consistency(
+        ruleset, only={change.table: change.changed for change in changes}))
+    # what IptablesRestore.apply does besides writing to the tool: render and check each line
+    step("lines + check_owned_line (IptablesRestore.apply)", lambda: [
+        check_owned_line(n, line) for change in changes for n, line in enumerate(change.lines(), 1)])
     after = step("remember programmed", lambda: {table: TableState(dict(ruleset.tables[table])) for table in TABLES})
     step("udp_targets", udp_targets, desired)
     step("health_targets", health_targets, desired)
     if profiler is not None:
         profiler.disable()
-    return timings, after, sum(len(b) for b in bodies.values())
+    return timings, after, sum(len(change) for change in changes)
 
 
 def flip_one(snapshot: dict[str, dict[str, Any]], i: int) -> None:

@@ -63,8 +63,7 @@ from kr_plugins.kernel.iptables import (
     DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
-    render_table,
-    restore_text,
+    table_change,
     table_lines,
 )
 
@@ -104,12 +103,7 @@ class Programmed:
     stray_sets: list[str] = field(default_factory=list)  # temporary sets a crash left behind
 
 
-# --- restore text
-
-
-def render_chains(ruleset: FirewallRuleset, programmed: Programmed) -> str | None:
-    """``iptables-restore --noflush`` input bringing ``programmed`` to ``ruleset``, or None if equal."""
-    return restore_text({TABLE: render_table(TABLE, ruleset.chains, ruleset.hooks, programmed.table)})
+# --- sets
 
 
 class SetLoader:
@@ -174,9 +168,7 @@ class IptablesFirewall(Backend):
         finally:
             loader.close()
         check_consistency(ruleset)
-        text = render_chains(ruleset, programmed)
-        if text is not None:
-            iptables.restore(text)
+        iptables.apply([table_change(TABLE, ruleset.chains, ruleset.hooks, programmed.table)])
         known = loader.loaded.get(KNOWN_SET, programmed.sets.get(KNOWN_SET))
         if known != ruleset.sets[KNOWN_SET]:
             ipset.restore(render_sets(ruleset.sets, [KNOWN_SET], {KNOWN_SET: known} if known else {}))

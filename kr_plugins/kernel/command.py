@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Sequence
 from typing import IO
 
@@ -49,7 +51,9 @@ def run_unchecked(argv: Sequence[str], input_text: str | None = None,
 
 class Feed:
     """A tool started now that reads its input while the caller is still producing it: the tool's work
-    (in its own process, on another core) overlaps the caller's. ``close`` ends the input and waits."""
+    (in its own process, on another core) overlaps the caller's. ``close`` ends the input and waits;
+    ``abort`` kills the tool instead (input it has not committed is lost). ``timeout`` counts from the
+    start: a tool still running then is killed, so a hung tool cannot block a writer for ever."""
 
     def __init__(self, argv: Sequence[str], timeout: float = 60.0) -> None:
         self._argv = list(argv)
@@ -60,6 +64,16 @@ class Feed:
                                              stderr=subprocess.PIPE, text=True, env=_ENV)
         except FileNotFoundError as exc:
             raise ToolMissing(f"{argv[0]} not found: install it (scripts/setup.sh does)") from exc
+        self._deadline = time.monotonic() + timeout
+        self._watchdog = threading.Timer(timeout, self._process.kill)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def abort(self) -> None:
+        """Kill the tool and wait for it."""
+        self._watchdog.cancel()
+        self._process.kill()
+        self._process.communicate()
 
     def write(self, text: str) -> None:
         stdin: IO[str] | None = self._process.stdin
@@ -73,11 +87,14 @@ class Feed:
     def close(self) -> None:
         """End the input, wait for the tool, and raise ``CommandError`` if it failed."""
         try:
-            _, stderr = self._process.communicate(timeout=self._timeout)
-        except subprocess.TimeoutExpired as exc:
+            _, stderr = self._process.communicate(timeout=max(0.0, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.communicate()
-            raise CommandError(f"{' '.join(self._argv)} did not finish within {self._timeout:.0f} s") from exc
+            _, stderr = self._process.communicate()
+        finally:
+            self._watchdog.cancel()
+        if time.monotonic() >= self._deadline and self._process.returncode != 0:
+            raise CommandError(f"{' '.join(self._argv)} did not finish within {self._timeout:.0f} s")
         if self._process.returncode != 0:
             raise CommandError(f"{' '.join(self._argv)} failed with exit code {self._process.returncode}: "
                                f"{stderr.strip()}")

@@ -15,7 +15,8 @@ Invariants:
 - ``IptablesRestore.restore`` refuses text that touches anything but kr-owned (``KR-``) chains: it may
   declare, fill, flush and delete kr chains, and add to or delete from any other chain only rules that
   jump to a kr chain. It never declares (so never resets) a built-in chain and never flushes a table;
-- one call is one ``iptables-restore --noflush`` process: each table's changes commit atomically.
+- one call is one ``iptables-restore --noflush`` process: each table's changes commit atomically; large
+  changes are streamed into it (``IptablesRestore.apply``), never held whole as one text.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from kr_plugins.kernel.command import CommandError, ToolMissing, run
+from kr_plugins.kernel.command import CommandError, Feed, ToolMissing, run
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +155,31 @@ _WORD_END = re.compile(r"[A-Za-z0-9_.:-]+(?: |$)")
 def check_owned(text: str) -> None:
     """Raise ``OwnershipError`` unless ``text`` touches only kr chains and jumps into them."""
     for number, line in enumerate(text.splitlines(), 1):
-        if not line or line.startswith(("#", "*")) or line == "COMMIT":
-            continue
-        if line.startswith(":"):
-            chain = line[1:].split(" ", 1)[0]
-            if not chain.startswith(OWNED_PREFIX):
-                raise OwnershipError(f"line {number}: declares chain {chain}, which kr does not own: {line}")
-            continue
-        command, _, rest = line.partition(" ")
-        if command in _OWN_CHAIN_COMMANDS and rest.startswith(OWNED_PREFIX) and _WORD_END.match(rest):
-            continue  # a command on a kr chain (its name is a plain word: no quoting to undo)
-        words = shlex.split(line)
-        command, chain = words[0], words[1] if len(words) > 1 else ""
-        if chain.startswith(OWNED_PREFIX) and command in _OWN_CHAIN_COMMANDS:
-            continue
-        target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
-        if command in ("-A", "-I", "-D") and target.startswith(OWNED_PREFIX):
-            continue  # the one thing kr adds to a chain it does not own: a jump into its own chain
-        raise OwnershipError(f"line {number}: touches chain {chain or '?'}, which kr does not own: {line}")
+        check_owned_line(number, line)
+
+
+def check_owned_line(number: int, line: str) -> None:
+    """``check_owned`` for one line of restore input (``number`` names it in the error)."""
+    if "\n" in line or "\r" in line:
+        raise OwnershipError(f"line {number}: holds a line break, which would smuggle in another line: {line!r}")
+    if not line or line.startswith(("#", "*")) or line == "COMMIT":
+        return
+    if line.startswith(":"):
+        chain = line[1:].split(" ", 1)[0]
+        if not chain.startswith(OWNED_PREFIX):
+            raise OwnershipError(f"line {number}: declares chain {chain}, which kr does not own: {line}")
+        return
+    command, _, rest = line.partition(" ")
+    if command in _OWN_CHAIN_COMMANDS and rest.startswith(OWNED_PREFIX) and _WORD_END.match(rest):
+        return  # a command on a kr chain (its name is a plain word: no quoting to undo)
+    words = shlex.split(line)
+    command, chain = words[0], words[1] if len(words) > 1 else ""
+    if chain.startswith(OWNED_PREFIX) and command in _OWN_CHAIN_COMMANDS:
+        return
+    target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
+    if command in ("-A", "-I", "-D") and target.startswith(OWNED_PREFIX):
+        return  # the one thing kr adds to a chain it does not own: a jump into its own chain
+    raise OwnershipError(f"line {number}: touches chain {chain or '?'}, which kr does not own: {line}")
 
 
 def table_lines(save_text: str, table: str) -> list[str]:
@@ -260,30 +268,51 @@ def parse_table_save(lines: Sequence[str], owned: Callable[[str], bool],
     return state
 
 
-def render_table(table: str, chains: Mapping[str, tuple[str, ...]], hooks: Iterable[tuple[str, str]],
-                 state: TableState) -> list[str]:
-    """Restore lines (without ``*table``/``COMMIT``) taking ``state`` to ``chains`` and ``hooks``: declare
-    (so replace whole) only new or changed chains, put hooks that are not in place first, then flush
-    and delete chains no longer wanted (their referrers were rewritten earlier in the same commit)."""
+@dataclass(frozen=True, slots=True)
+class TableChange:
+    """What one sync writes to one table to take a ``TableState`` to the wanted chains and hooks: new or
+    changed chains declared (so replaced whole), hooks not in place put first (their misplaced copies
+    deleted), chains no longer wanted flushed and deleted after their referrers were rewritten in the
+    same commit. ``lines`` renders it lazily: a full sync of 160,000 lines is never held as one text."""
+
+    table: str
+    chains: Mapping[str, tuple[str, ...]]
+    changed: tuple[str, ...]  # in declaration order
+    hook_lines: tuple[str, ...]
+    stale: tuple[str, ...]
+
+    def __len__(self) -> int:
+        """The number of restore lines (without ``*table`` and ``COMMIT``)."""
+        return (len(self.changed) + sum(len(self.chains[name]) for name in self.changed) + len(self.hook_lines)
+                + 2 * len(self.stale))
+
+    def lines(self) -> Iterator[str]:
+        for name in self.changed:
+            yield f":{name} - [0:0]"
+        for name in self.changed:
+            for rule in self.chains[name]:
+                yield f"-A {name} {rule}"
+        yield from self.hook_lines
+        for name in self.stale:
+            yield f"-F {name}"
+        for name in self.stale:
+            yield f"-X {name}"
+
+
+def table_change(table: str, chains: Mapping[str, tuple[str, ...]], hooks: Iterable[tuple[str, str]],
+                 state: TableState) -> TableChange:
+    """The change taking ``state`` to ``chains`` and ``hooks`` in ``table`` (see ``TableChange``)."""
     changed = [name for name, rules in chains.items() if state.chains.get(name) != rules]
-    stale = [name for name in state.chains if name not in chains]
     # iptables-nft-restore 1.8.9 takes chains declared in reverse name order many times faster (40,000
     # empty chains: 0.4 s, against 3.3 s sorted and 8 s in random order)
-    body = [f":{name} - [0:0]" for name in sorted(changed, reverse=True)]
-    body += [f"-A {name} {rule}" for name in changed for rule in chains[name]]
+    changed.sort(reverse=True)
+    hook_lines: list[str] = []
     for hook in hooks:
         if hook in state.hook_fixes:
-            body += [f"-D {line[3:]}" for line in state.hook_fixes[hook]]
-            body.append(f"-I {hook[0]} 1 {hook[1]}")
-    body += [f"-F {name}" for name in stale] + [f"-X {name}" for name in stale]
-    return body
-
-
-def restore_text(tables: Mapping[str, list[str]]) -> str | None:
-    """One ``iptables-restore`` input committing each table's lines, or None when there are none."""
-    sections = [f"*{table}\n" + "".join(f"{line}\n" for line in body) + "COMMIT\n"
-                for table, body in tables.items() if body]
-    return "".join(sections) or None
+            hook_lines += [f"-D {line[3:]}" for line in state.hook_fixes[hook]]
+            hook_lines.append(f"-I {hook[0]} 1 {hook[1]}")
+    stale = tuple(name for name in state.chains if name not in chains)
+    return TableChange(table, chains, tuple(changed), tuple(hook_lines), stale)
 
 
 def save_string(text: str) -> str:
@@ -359,4 +388,41 @@ class IptablesRestore:
         input may take minutes (500,000 lines: over a minute with iptables-nft), so the time allowed
         grows with it."""
         check_owned(text)
-        run([self.flavour.restore_command, "--noflush", _WAIT], text, timeout=60 + text.count("\n") / 2000)
+        run([self.flavour.restore_command, "--noflush", _WAIT], text, timeout=_restore_timeout(text.count("\n")))
+
+    def apply(self, changes: Iterable[TableChange]) -> int:
+        """Stream ``changes`` into one ``iptables-restore --noflush`` (each table committed atomically),
+        checking line by line that they touch only kr's chains; returns the lines written (0: nothing to
+        do, and no process started). A table whose lines fail the check is never committed (the tool is
+        killed before its ``COMMIT``); a table committed earlier in the same call stays."""
+        changes = [change for change in changes if len(change)]
+        total = sum(len(change) for change in changes)
+        if not total:
+            return 0
+        feed = Feed([self.flavour.restore_command, "--noflush", _WAIT], timeout=_restore_timeout(total))
+        try:
+            number = 0
+            for change in changes:
+                chunk = [f"*{change.table}"]
+                for line in change.lines():
+                    number += 1
+                    check_owned_line(number, line)
+                    chunk.append(line)
+                    if len(chunk) >= _CHUNK_LINES:
+                        feed.write("\n".join(chunk) + "\n")
+                        chunk = []
+                chunk.append("COMMIT")
+                feed.write("\n".join(chunk) + "\n")
+        except BaseException:
+            feed.abort()
+            raise
+        feed.close()
+        return total
+
+
+#: Lines handed to ``iptables-restore`` per write while streaming.
+_CHUNK_LINES = 4096
+
+
+def _restore_timeout(lines: int) -> float:
+    return 60 + lines / 2000

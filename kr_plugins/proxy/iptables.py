@@ -44,8 +44,7 @@ from kr_plugins.kernel.iptables import (
     DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
-    render_table,
-    restore_text,
+    table_change,
     table_lines,
 )
 from kr_plugins.kernel.sysctl import PROC_SYS, ensure_sysctl
@@ -101,22 +100,17 @@ class IptablesProxy(Backend):
         changed_sets = [name for name, spec in ruleset.sets.items() if sets.get(name) != spec]
         if changed_sets:
             ipset.restore(render_sets(ruleset.sets, changed_sets, sets))
-        bodies = {table: render_table(table, ruleset.tables[table], ruleset.hooks[table], programmed[table])
-                  for table in TABLES}
-        check_consistency(ruleset, only={table: [line[1:].split(" ", 1)[0] for line in body if line.startswith(":")]
-                                         for table, body in bodies.items()})
-        text = restore_text(bodies)
-        if text is not None:
-            IptablesRestore(self.flavour).restore(text)
+        changes = [table_change(table, ruleset.tables[table], ruleset.hooks[table], programmed[table])
+                   for table in TABLES]
+        check_consistency(ruleset, only={change.table: change.changed for change in changes})
+        lines = IptablesRestore(self.flavour).apply(changes)
         stale = [name for name in sets if name not in ruleset.sets]
         if stale:
             ipset.restore("".join(f"destroy {name}\n" for name in stale))
         self._programmed = {table: TableState(dict(ruleset.tables[table])) for table in TABLES}
         self._sets = dict(ruleset.sets)
-        written = sum(line.startswith(":") for body in bodies.values() for line in body)
-        removed = sum(line.startswith("-X ") for body in bodies.values() for line in body)
         log.debug("proxy sync (full=%s): %d chain(s) written, %d chain(s) removed, %d restore line(s)",
-                  reread, written, removed, sum(len(body) for body in bodies.values()))
+                  reread, sum(len(c.changed) for c in changes), sum(len(c.stale) for c in changes), lines)
         self._udp = clear_stale_flows(self._udp, desired)
         for problem in self._health.sync(health_targets(desired)):
             log.error("proxy: %s", problem)

@@ -45,8 +45,7 @@ from kr_plugins.kernel.iptables import (
     DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
-    render_table,
-    restore_text,
+    table_change,
     table_lines,
 )
 from kr_plugins.kernel.ipvs import IpvsKernel, RealRecord, VirtualRecord
@@ -147,10 +146,8 @@ class IpvsProxy(Backend):
             ipset.restore(render_sets(plan.sets, changed_sets, sets))
         self._set_vips(plan.vips | self._vips, add_only=True)
         services = self._sync_services(plan, services)
-        text = restore_text({table: render_table(table, plan.chains[table], plan.hooks[table], tables[table])
-                             for table in TABLES})
-        if text is not None:
-            IptablesRestore(self.flavour).restore(text)
+        IptablesRestore(self.flavour).apply(table_change(table, plan.chains[table], plan.hooks[table], tables[table])
+                                            for table in TABLES)
         self._set_vips(plan.vips, add_only=False)
         stale = [name for name in sets if name not in plan.sets]
         if stale:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from kr_core.config import AgentConfig
 from kr_core.errors import KrError
 from kr_core.model import DesiredState, Endpoint, ServicePort
 from kr_plugins.kernel import conntrack, ipset
-from kr_plugins.kernel.iptables import Flavour, IptablesRestore, TableState
+from kr_plugins.kernel.iptables import Flavour, IptablesRestore, TableChange, TableState
 from kr_plugins.proxy.endpoints import choose, externally_reachable, usable
 from kr_plugins.proxy.flows import UdpTargets, stale_flows, udp_targets
 from kr_plugins.proxy.healthcheck import HealthTarget, health_targets
@@ -222,8 +223,16 @@ class FakeKernel:
         self.ipsets: list[str] = []
         monkeypatch.setattr(IptablesProxy, "_read_kernel", self.read_kernel)
         monkeypatch.setattr(ipset, "restore", lambda text: self.ipsets.append(text))
-        monkeypatch.setattr(IptablesRestore, "restore", lambda iptables, text: self.restores.append(text))
+        monkeypatch.setattr(IptablesRestore, "apply", self.apply)
         monkeypatch.setattr(conntrack, "run_unchecked", self.run_conntrack)
+
+    def apply(self, changes: Iterable[TableChange]) -> int:
+        """Record the restore text the changes stream (nothing when there is nothing to write)."""
+        written = [change for change in changes if len(change)]
+        if written:
+            self.restores.append("".join(f"*{c.table}\n" + "".join(f"{line}\n" for line in c.lines()) + "COMMIT\n"
+                                         for c in written))
+        return sum(len(change) for change in written)
 
     @staticmethod
     def read_kernel(backend: IptablesProxy) -> None:

@@ -128,7 +128,7 @@ def test_small_set_changes_are_edits_large_ones_swaps() -> None:
 
 
 def test_table_state_hooks_coexist_with_other_kr_hooks_but_not_behind_foreign_rules() -> None:
-    from kr_plugins.kernel.iptables import parse_table_save, render_table, restore_text, save_string
+    from kr_plugins.kernel.iptables import parse_table_save, save_string, table_change
 
     hook = ("FORWARD", "-j KR-B")
     owned = lambda name: name.startswith("KR-B")  # noqa: E731
@@ -138,12 +138,16 @@ def test_table_state_hooks_coexist_with_other_kr_hooks_but_not_behind_foreign_ru
     behind_foreign = parse_table_save(base + ["-A FORWARD -j ACCEPT", "-A FORWARD -j KR-B"], owned, [hook])
     assert behind_foreign.hook_fixes == {hook: ["-A FORWARD -j KR-B"]}
     doubled = parse_table_save(base + ["-A FORWARD -j KR-B", "-A FORWARD -s 10.0.0.0/8 -j KR-B"], owned, [hook])
-    assert render_table("filter", {"KR-B": ("-j RETURN",)}, [hook], doubled) == [
-        "-D FORWARD -j KR-B", "-D FORWARD -s 10.0.0.0/8 -j KR-B", "-I FORWARD 1 -j KR-B"]
+    fix = table_change("filter", {"KR-B": ("-j RETURN",)}, [hook], doubled)
+    assert list(fix.lines()) == ["-D FORWARD -j KR-B", "-D FORWARD -s 10.0.0.0/8 -j KR-B", "-I FORWARD 1 -j KR-B"]
+    assert len(fix) == 3
     missing = parse_table_save([], owned, [hook])
-    assert restore_text({"filter": render_table("filter", {"KR-B": ()}, [hook], missing), "nat": []}) == (
-        "*filter\n:KR-B - [0:0]\n-I FORWARD 1 -j KR-B\nCOMMIT\n")
-    assert restore_text({"nat": []}) is None
+    new = table_change("filter", {"KR-B": (), "KR-BB": ("-j KR-B",)}, [hook], missing)
+    assert list(new.lines()) == [":KR-BB - [0:0]", ":KR-B - [0:0]", "-A KR-BB -j KR-B", "-I FORWARD 1 -j KR-B"]
+    assert len(new) == 4 and new.changed == ("KR-BB", "KR-B")  # declared in reverse name order
+    gone = table_change("filter", {}, [], parse_table_save(base, owned, []))
+    assert list(gone.lines()) == ["-F KR-B", "-X KR-B"] and len(gone) == 2
+    assert len(table_change("nat", {"KR-B": ("-j RETURN",)}, [], behind_kr)) == 0
     assert [save_string(t) for t in ("abc-d_E9", "a/b", "kr: x")] == ["abc-d_E9", '"a/b"', '"kr: x"']
 
 
