@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kr_apiserver import admin, discovery, routes, status
 from kr_apiserver.faults import Faults
 from kr_apiserver.patch import SUPPORTED as PATCH_TYPES
+from kr_apiserver.pages import Page
 from kr_apiserver.patch import apply_patch
 from kr_apiserver.resources import Resource
 from kr_apiserver.selectors import ObjectFilter
@@ -89,12 +90,18 @@ def _integer(query: Mapping[str, str], name: str) -> int | None:
     return number
 
 
-def _list_body(resource: Resource, items: list[Object], revision: int) -> dict[str, Any]:
+_ALL = 1 << 62
+
+
+def _list_body(resource: Resource, items: Sequence[Object], revision: int, page: Page | None = None) -> dict[str, Any]:
     # kube-apiserver sends list items without apiVersion and kind; clients rely on the list's kind
+    metadata: dict[str, Any] = {"resourceVersion": str(revision)}
+    if page is not None and page.token:
+        metadata.update({"continue": page.token, "remainingItemCount": page.remaining})
     return {
         "kind": resource.list_kind,
         "apiVersion": resource.api_version,
-        "metadata": {"resourceVersion": str(revision)},
+        "metadata": metadata,
         "items": [{k: v for k, v in item.items() if k not in ("apiVersion", "kind")} for item in items],
     }
 
@@ -186,7 +193,7 @@ class API:
             if verb == "watch":
                 return self._watch(request, r, object_filter)
             if verb == "list":
-                return Response(200, _list_body(r, *store.list(r.plural, object_filter)))
+                return Response(200, self._list(request, r, object_filter))
             deleted = store.delete_collection(r.plural, object_filter)
             return Response(200, _list_body(r, deleted, store.revision))
         if verb == "get":
@@ -213,6 +220,19 @@ class API:
         if r.returns_deleted_object:
             return Response(200, deleted)
         return Response(200, status.success(r, name, deleted["metadata"]["uid"]))
+
+    def _list(self, request: Request, r: Resource, object_filter: ObjectFilter) -> dict[str, Any]:
+        """A whole list, or with ``limit`` one page of it (``continue`` names the next; see pages.py)."""
+        limit = _integer(request.query, "limit") or 0
+        token = request.query.get("continue", "")
+        if token:
+            page = self.store.pages.next(token, limit or _ALL)  # a continue without a limit: all the rest
+            return _list_body(r, page.items, page.revision, page)
+        items, revision = self.store.list(r.plural, object_filter)
+        if not limit:
+            return _list_body(r, items, revision)
+        page = self.store.pages.first(items, revision, limit)
+        return _list_body(r, page.items, page.revision, page)
 
     def _watch(self, request: Request, r: Resource, object_filter: ObjectFilter) -> WatchStream:
         since = _integer(request.query, "resourceVersion") or None  # "0" and "" both mean "from now"

@@ -12,6 +12,7 @@ Invariants:
   event), as an etcd-backed registry behaves;
 - stored objects are never mutated after commit: callers may hold and serialize them without copying;
 - a watch may start from any revision >= ``oldest`` (``compacted`` revision); older ones are 410 Expired;
+  a paginated list (``pages``) is read at its first page's revision, until a compaction;
 - deleting a namespace first deletes every namespaced object in it (no finalizers, no grace period);
   creating a namespaced object in a namespace that does not exist is allowed.
 """
@@ -28,6 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kr_apiserver.pages import ListPages
 from kr_apiserver import status
 from kr_apiserver.resources import BY_KIND, BY_PLURAL, RESOURCES, Resource
 from kr_apiserver.selectors import ObjectFilter
@@ -71,6 +73,7 @@ class Store:
         self._watch_queue_size = watch_queue_size
         self._latest: dict[str, int] = {}  # resource -> revision of its last committed change
         self.admission: list[Admission] = []
+        self.pages = ListPages()  # paginated lists in progress; a compaction forgets them
 
     # --- reads
 
@@ -235,11 +238,13 @@ class Store:
         return len(watches)
 
     def compact(self) -> int:
-        """Discard the whole history: watches from any revision older than the current one get 410."""
+        """Discard the whole history: watches from any revision older than the current one get 410, and
+        so do the continue tokens of paginated lists in progress."""
         with self._lock:
             self._history.clear()
             self._oldest = self._revision
-            return self._oldest
+        self.pages.forget()
+        return self._oldest
 
     # --- internals (called with the lock held)
 

@@ -13,7 +13,8 @@ Invariants:
   a stream that delivered events and then ended cleanly (the server's timeoutSeconds) resumes at once;
 - ``stop()`` returns promptly even while a thread waits on a quiet stream (its socket is shut down);
 - objects are kept as raw JSON dicts (no per-object model classes on the hot path), trimmed on arrival
-  of what kr never reads (``kr_core.trim``).
+  of what kr never reads (``kr_core.trim``); lists are read in pages (``limit``/``continue``), each
+  trimmed before the next arrives.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class WatchSettings:
     connect_timeout: float = 10.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    page_size: int = 500  # objects per list request (client-go's reflector default); 0: the whole list at once
 
 
 class RelistNeeded(Exception):
@@ -161,18 +163,7 @@ class KindWatcher:
         return (self._settings.connect_timeout, self._settings.stall_timeout)
 
     def _relist(self) -> None:
-        response = self._list(_preload_content=False, _request_timeout=self._request_timeout())
-        try:
-            body = json.loads(response.data)
-        finally:
-            response.release_conn()
-        items = body.get("items") or []
-        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
-        for item in items:  # list items carry no kind; add it so hooks see complete objects
-            if isinstance(item, dict):
-                item.setdefault("kind", body.get("kind", "").removesuffix("List"))
-                item.setdefault("apiVersion", body.get("apiVersion", ""))
-                trim(self.kind, item)
+        items, version = self._list_pages()
         changes = self._cache.replace(self.kind, _valid(self.kind, items))
         self._on_list(self.kind)
         log.info("%s: listed %d objects at resourceVersion %s (%d changes)", self.kind, len(items), version, len(changes))
@@ -182,6 +173,40 @@ class KindWatcher:
         if not self._synced:
             self._synced = True
             self._on_synced(self.kind)
+
+    def _list_pages(self) -> tuple[list[Any], str]:
+        """The whole list, read ``page_size`` objects at a time (each page trimmed before the next is
+        read, so a large list is never held whole as untrimmed JSON), and the resourceVersion it was
+        read at. A continue token that expired midway (410) starts the list again, as client-go's
+        reflector does."""
+        items: list[Any] = []
+        version, token = "", ""
+        while True:
+            paging = {"limit": self._settings.page_size} if self._settings.page_size else {}
+            try:
+                response = self._list(**paging, **({"_continue": token} if token else {}),
+                                      _preload_content=False, _request_timeout=self._request_timeout())
+            except ApiException as exc:
+                if exc.status != 410 or not token:
+                    raise
+                log.info("%s: the list's continue token expired; listing again from the start", self.kind)
+                items, version, token = [], "", ""
+                continue
+            try:
+                body = json.loads(response.data)
+            finally:
+                response.release_conn()
+            for item in body.get("items") or []:  # list items carry no kind; add it so hooks see complete objects
+                if isinstance(item, dict):
+                    item.setdefault("kind", body.get("kind", "").removesuffix("List"))
+                    item.setdefault("apiVersion", body.get("apiVersion", ""))
+                    trim(self.kind, item)
+                items.append(item)
+            metadata = body.get("metadata") or {}
+            version = version or str(metadata.get("resourceVersion") or "")  # every page is read at the first's
+            token = str(metadata.get("continue") or "")
+            if not token:
+                return items, version
 
     def _watch(self) -> None:
         """Watch from the last seen resourceVersion until the stream ends, keeping it up to date.

@@ -347,3 +347,36 @@ def test_store_apply_creates_then_replaces(server: APIServer, core: client.CoreV
     assert core.read_namespaced_service("s", "default").spec.ports[0].port == 81
     with pytest.raises(ValueError):
         server.store.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}})
+
+
+def test_lists_come_in_consistent_pages(core: client.CoreV1Api, server: APIServer,
+                                        make_pod: Callable[..., Any]) -> None:
+    """``limit``/``continue`` as kube-apiserver serves them: every page is read at the first page's
+    revision, ``remainingItemCount`` counts what is left, and a compaction expires the token (410)."""
+    for i in range(7):
+        core.create_namespaced_pod("default", make_pod(f"p{i}"))
+    first = core.list_pod_for_all_namespaces(limit=3)
+    assert [p.metadata.name for p in first.items] == ["p0", "p1", "p2"]
+    assert first.metadata.remaining_item_count == 4 and first.metadata._continue
+    revision = first.metadata.resource_version
+    core.delete_namespaced_pod("p4", "default")  # after the first page: the list still shows it
+    core.create_namespaced_pod("default", make_pod("p9"))  # and does not show this
+    second = core.list_pod_for_all_namespaces(limit=3, _continue=first.metadata._continue)
+    assert [p.metadata.name for p in second.items] == ["p3", "p4", "p5"]
+    assert second.metadata.resource_version == revision and second.metadata.remaining_item_count == 1
+    last = core.list_pod_for_all_namespaces(limit=3, _continue=second.metadata._continue)
+    assert [p.metadata.name for p in last.items] == ["p6"] and not last.metadata._continue
+    with pytest.raises(ApiException) as gone:  # the finished list is forgotten
+        core.list_pod_for_all_namespaces(limit=3, _continue=second.metadata._continue)
+    assert gone.value.status == 410 and _status(gone.value)["reason"] == "Expired"
+    # a whole list in one page has no token; a compaction expires a list in progress
+    whole = core.list_pod_for_all_namespaces(limit=100)
+    assert len(whole.items) == 7 and not whole.metadata._continue
+    started = core.list_pod_for_all_namespaces(limit=2)
+    server.faults.compact()
+    with pytest.raises(ApiException) as compacted:
+        core.list_pod_for_all_namespaces(limit=2, _continue=started.metadata._continue)
+    assert compacted.value.status == 410
+    with pytest.raises(ApiException) as bad:
+        core.list_pod_for_all_namespaces(limit=2, _continue="not-a-token")
+    assert bad.value.status == 400
