@@ -20,8 +20,8 @@ from typing import Any
 
 from kr_apiserver import admin, discovery, routes, status
 from kr_apiserver.faults import Faults
-from kr_apiserver.patch import SUPPORTED as PATCH_TYPES
 from kr_apiserver.pages import Page
+from kr_apiserver.patch import SUPPORTED as PATCH_TYPES
 from kr_apiserver.patch import apply_patch
 from kr_apiserver.resources import Resource
 from kr_apiserver.selectors import ObjectFilter

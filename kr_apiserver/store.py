@@ -29,8 +29,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kr_apiserver.pages import ListPages
 from kr_apiserver import status
+from kr_apiserver.pages import ListPages
 from kr_apiserver.resources import BY_KIND, BY_PLURAL, RESOURCES, Resource
 from kr_apiserver.selectors import ObjectFilter
 from kr_apiserver.status import APIError, bad_request

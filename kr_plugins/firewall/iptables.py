@@ -47,20 +47,19 @@ from kr_plugins.firewall.compile import (
     KNOWN_SET,
     PREFIX,
     FirewallCompiler,
-    FirewallRuleset,
     FirewallSettings,
     IPSetSpec,
     check_consistency,
     hooks,
 )
 from kr_plugins.kernel import ipset
-from kr_plugins.kernel.ipset import parse_save, render_sets
 from kr_plugins.kernel.command import Feed, run
+from kr_plugins.kernel.ipset import parse_save, render_sets
 from kr_plugins.kernel.iptables import (
+    DetectedFlavour,
     Flavour,
     IptablesRestore,
     TableState,
-    DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
     table_change,

@@ -38,10 +38,10 @@ from kr_plugins.kernel import ipset
 from kr_plugins.kernel.command import run
 from kr_plugins.kernel.ipset import IPSetSpec, parse_save, render_sets
 from kr_plugins.kernel.iptables import (
+    DetectedFlavour,
     Flavour,
     IptablesRestore,
     TableState,
-    DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
     table_change,

@@ -39,10 +39,10 @@ from kr_plugins.kernel import ipset
 from kr_plugins.kernel.command import run
 from kr_plugins.kernel.ipset import IPSetSpec, parse_save, render_sets
 from kr_plugins.kernel.iptables import (
+    DetectedFlavour,
     Flavour,
     IptablesRestore,
     TableState,
-    DetectedFlavour,
     parse_table_save,
     remove_owned_chains,
     table_change,
@@ -52,7 +52,13 @@ from kr_plugins.kernel.ipvs import IpvsKernel, RealRecord, VirtualRecord
 from kr_plugins.kernel.sysctl import PROC_SYS, ensure_sysctl
 from kr_plugins.proxy.flows import UdpTargets, clear_stale_flows
 from kr_plugins.proxy.healthcheck import HealthCheckServers, health_targets
-from kr_plugins.proxy.ipvsplan import DUMMY, IpvsPlan, VirtualService, node_addresses, plan_ipvs
+from kr_plugins.proxy.ipvsplan import (
+    DUMMY,
+    IpvsPlan,
+    VirtualService,
+    node_addresses,
+    plan_ipvs,
+)
 from kr_plugins.proxy.ipvsplan import hooks as ipvs_hooks
 from kr_plugins.proxy.options import add_proxy_options, proxy_settings
 from kr_plugins.proxy.rules import PREFIX

@@ -27,10 +27,22 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
+from kr_core.model import (
+    DesiredState,
+    Endpoint,
+    ServicePort,
+    SessionAffinity,
+    TrafficPolicy,
+)
 from kr_plugins.kernel.ipset import IPSetSpec
 from kr_plugins.proxy.endpoints import choose, externally_reachable, node_port
-from kr_plugins.proxy.rules import LOOPBACK_SET, LOOPBACK_TYPE, ProxySettings, loopback_member, service_label
+from kr_plugins.proxy.rules import (
+    LOOPBACK_SET,
+    LOOPBACK_TYPE,
+    ProxySettings,
+    loopback_member,
+    service_label,
+)
 
 SCHEDULER_ANNOTATION = "kube-router.io/service.scheduler"
 FLAGS_ANNOTATION = "kube-router.io/service.schedflags"

@@ -38,9 +38,15 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kr_core.model import DesiredState, Endpoint, ServicePort, SessionAffinity, TrafficPolicy
-from kr_plugins.kernel.iptables import referenced, save_string
+from kr_core.model import (
+    DesiredState,
+    Endpoint,
+    ServicePort,
+    SessionAffinity,
+    TrafficPolicy,
+)
 from kr_plugins.kernel.ipset import IPSetSpec
+from kr_plugins.kernel.iptables import referenced, save_string
 from kr_plugins.kernel.names import digest
 from kr_plugins.proxy.endpoints import choose, externally_reachable, node_port
 

@@ -25,8 +25,8 @@ from kr_core.trim import LAST_APPLIED, trim
 sys.path.insert(0, str(Path(__file__).parents[1] / "proxy"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cases import CASES as PROXY_CASES  # noqa: E402
-from test_desired_golden import GOLDEN, KINDS, snapshot_of  # noqa: E402
+from cases import CASES as PROXY_CASES
+from test_desired_golden import GOLDEN, KINDS, snapshot_of
 
 NODE = "node-a"
 MANAGED = [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
