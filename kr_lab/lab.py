@@ -177,8 +177,12 @@ class Lab:
         argv = [KR, "run", "--plugins", ",".join(self.state.plugins), "--kubeconfig", str(self.dir.kubeconfig),
                 "--hostname-override", node, "--healthz-bind-address", f"127.0.0.1:{HEALTHZ_PORT}",
                 "--metrics-bind-address", f"127.0.0.1:{METRICS_PORT}", "--min-sync-period", "0.1",
-                *self.state.agent_args]
+                *self._backend_args(), *self.state.agent_args]
         self._spawn(host.netns, f"agent-{node}", argv)
+
+    def _backend_args(self) -> list[str]:
+        """Per-lab places for backends that keep files: the lab's nodes share one file system."""
+        return ["--bgp-run-dir", str(self.dir.path / "bgp")] if "routing.bgp" in self.state.plugins else []
 
     def stop_agent(self, node: str, kill: bool = False) -> None:
         """Stop ``node``'s agent (SIGTERM, or SIGKILL with ``kill``) and wait until it is gone."""

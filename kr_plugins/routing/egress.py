@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from kr_plugins.kernel import ipset
 from kr_plugins.kernel.iptables import (
+    DetectedFlavour,
     Flavour,
     IptablesRestore,
-    DetectedFlavour,
     jumps_into,
     remove_owned_chains,
     render_removal,

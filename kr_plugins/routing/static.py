@@ -37,6 +37,7 @@ from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.kernel.sysctl import ensure_sysctl
 from kr_plugins.routing.egress import PodEgress
+from kr_plugins.routing.notes import Notes
 from kr_plugins.routing.overlay import DEVICE, overlay_options, overlay_settings
 from kr_plugins.routing.plan import RoutingPlan, RoutingSettings, node_ipv4, plan_routes
 from kr_plugins.routing.routes import RouteTable, read_underlay
@@ -63,13 +64,13 @@ class StaticRouting(Backend):
         self.routes = RouteTable()
         self.overlay = VxlanOverlay()
         self.egress = PodEgress()
-        self._notes: frozenset[str] = frozenset()
+        self._notes = Notes(log)
 
     def sync(self, desired: DesiredState, *, full: bool, changed: ChangeSet) -> None:
         node_ip = node_ipv4(desired.node) if desired.node is not None else None
         if node_ip is None:
             state = "not in the API" if desired.node is None else "without an IPv4 address"
-            self._tell([f"node {desired.node_name} is {state}: routing is left as it is"])
+            self._notes.tell([f"node {desired.node_name} is {state}: routing is left as it is"])
             return
         with IPRoute() as ipr:
             underlay = read_underlay(ipr, node_ip)
@@ -77,7 +78,7 @@ class StaticRouting(Backend):
                 raise RoutingError(f"node IP {node_ip} of {desired.node_name} is on no interface in this network "
                                    "namespace: run kr in the node's namespace, or fix the node's InternalIP")
             plan = plan_routes(desired, underlay, self.settings)
-            self._tell(plan.notes)
+            self._notes.tell(plan.notes)
             failures = self._apply(ipr, plan, full)
         if failures:
             raise RoutingError(f"{len(failures)} routing failure(s): {'; '.join(failures)}")
@@ -119,13 +120,6 @@ class StaticRouting(Backend):
             failures += self.routes.sync(ipr, (), full=True)
         if failures:
             raise RoutingError(f"cleanup incomplete: {'; '.join(failures)}")
-
-    def _tell(self, notes: Iterable[str]) -> None:
-        """Log each note once while it holds (again if it stops holding and comes back)."""
-        current = frozenset(notes)
-        for note in sorted(current - self._notes):
-            log.warning("%s", note)
-        self._notes = current
 
 
 @hookimpl

@@ -172,8 +172,9 @@ def test_run_flags_select_default_backends() -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["run", "--run-router=false", "--run-firewall", "false", "--help"])
     assert result.exit_code == 0 and "--masquerade-all" in result.output, "proxy.iptables' options are offered"
-    result = runner.invoke(main, ["run", "--run-firewall=false", "--run-service-proxy=false", "--run-router"])
-    assert result.exit_code == 1 and "unknown plugin 'routing.bgp'" in result.output
+    result = runner.invoke(main, ["run", "--run-firewall=false", "--run-service-proxy=false", "--help"])
+    assert result.exit_code == 0 and "--cluster-asn" in result.output, "--run-router selects routing.bgp"
+    assert "--masquerade-all" not in result.output
     result = runner.invoke(main, ["run", "--run-router=false", "--plugins", "debug.log", "--master", "http://127.0.0.1:9",
                                   "--min-sync-period", "-1"])
     assert result.exit_code == 2 and "--min-sync-period" in result.output, "--plugins overrides --run-*"

@@ -1,0 +1,111 @@
+"""kr's BIRD daemon on one node: started once, reconfigured in place, left running across kr restarts.
+
+``BirdDaemon(run_dir)`` keeps ``bird.conf``, the control socket ``bird.ctl`` and ``bird.pid`` in
+``run_dir`` (one per node: nodes sharing a file system, as in the lab, never share a BIRD).
+``apply(config)`` checks the text with ``bird -p``, writes it atomically, and then starts BIRD (a daemon
+in kr's network namespace) if none answers on the socket, or has it re-read the file (``birdc
+configure``: BIRD's soft reconfiguration keeps sessions whose settings did not change). ``stop()`` asks
+BIRD to shut down; ``protocols()`` reads its sessions for inspection.
+
+Invariants: a configuration BIRD rejects is never written over the running one (the error names the
+line); kr's restarts leave BIRD and its sessions alone (the daemon is not kr's child); a missing ``bird``
+is reported as such, with the package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kr_core.errors import KrError
+from kr_plugins.kernel.command import CommandError, run, run_unchecked
+
+STARTUP_TIMEOUT = 10.0
+
+
+class BirdError(KrError):
+    """BIRD is missing, refused its configuration or does not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class BirdProtocol:
+    name: str
+    proto: str
+    state: str
+    since: str
+    info: str
+
+
+class BirdDaemon:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.config = run_dir / "bird.conf"
+        self.socket = run_dir / "bird.ctl"
+        self.pid_file = run_dir / "bird.pid"
+
+    @staticmethod
+    def check_installed() -> None:
+        for tool in ("bird", "birdc"):
+            if shutil.which(tool) is None:
+                raise BirdError(f"{tool} not found: install BIRD 2 (Debian: bird2; scripts/setup.sh does)")
+
+    def running(self) -> bool:
+        """Whether a BIRD answers on this node's control socket."""
+        if not self.socket.exists():
+            return False
+        done = run_unchecked(["birdc", "-s", str(self.socket), "show", "status"], timeout=5)
+        return done.returncode == 0 and "Daemon is up and running" in done.stdout
+
+    def apply(self, config: str) -> bool:
+        """Run BIRD with ``config``; returns whether anything was (re)started or reconfigured."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        alive = self.running()
+        if alive and self.config.exists() and self.config.read_text() == config:
+            return False
+        candidate = self.run_dir / "bird.conf.new"
+        candidate.write_text(config)
+        try:
+            run(["bird", "-p", "-c", str(candidate)])
+        except CommandError as exc:
+            candidate.unlink(missing_ok=True)
+            raise BirdError(f"BIRD refused kr's configuration (kept the running one): {exc}") from None
+        os.replace(candidate, self.config)
+        if alive:
+            out = run(["birdc", "-s", str(self.socket), "configure"])
+            if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+                raise BirdError(f"birdc configure: {out.strip()}")
+        else:
+            self._start()
+        return True
+
+    def _start(self) -> None:
+        self.socket.unlink(missing_ok=True)  # a stale socket of a BIRD that died
+        run(["bird", "-c", str(self.config), "-s", str(self.socket), "-P", str(self.pid_file)])
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise BirdError(f"BIRD did not answer on {self.socket} within {STARTUP_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+
+    def protocols(self) -> list[BirdProtocol]:
+        """BIRD's protocols as ``show protocols`` lists them (empty when BIRD is not running)."""
+        if not self.running():
+            return []
+        rows = []
+        for line in run(["birdc", "-s", str(self.socket), "show", "protocols"]).splitlines()[2:]:
+            words = line.split(None, 5)
+            if len(words) >= 5:
+                rows.append(BirdProtocol(words[0], words[1], words[3], words[4], words[5] if len(words) > 5 else ""))
+        return rows
+
+    def stop(self) -> None:
+        """Shut BIRD down (its kernel routes stay: ``persist``) and remove its files."""
+        if self.running():
+            run_unchecked(["birdc", "-s", str(self.socket), "down"], timeout=10)
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while self.socket.exists() and self.running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        shutil.rmtree(self.run_dir, ignore_errors=True)

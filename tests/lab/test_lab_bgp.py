@@ -1,0 +1,138 @@
+"""``routing.bgp`` in the lab, on real traffic: three nodes, BIRD on each, no static routes.
+
+- every pod reaches every pod across the three nodes over routes BIRD learned by iBGP (``proto bird``,
+  metric 107), and no node holds a route of ``routing.static``'s;
+- restarting kr on a node leaves its BIRD (same process) and its routes in place, and traffic flows;
+- a node's ``kube-router.io/node.asn`` changed in the API takes effect without restarting kr: the other
+  nodes' sessions to it come up with the new AS (eBGP now), and traffic still flows;
+- ``kr cleanup`` on a node stops its BIRD and removes the routes it left, and nothing else.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from kr_lab.lab import Lab
+from kr_lab.probe import probe_matrix
+from kr_lab.state import StateDir
+
+KR = str(Path(sys.executable).with_name("kr"))
+PLUGINS = "routing.bgp,debug.log"
+NODES = ("kube-node1", "kube-node2", "kube-node3")
+CIDRS = {"kube-node1": "10.1.1.0/24", "kube-node2": "10.1.2.0/24", "kube-node3": "10.1.3.0/24"}
+
+
+class BgpLab:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.lab = Lab(StateDir(state))
+
+    def sh(self, node: str, *argv: str) -> str:
+        done = subprocess.run(["ip", "netns", "exec", self.lab.netns_of(node), *argv], capture_output=True,
+                              text=True, timeout=30, check=False)
+        assert done.returncode == 0, f"{' '.join(argv)} on {node}: {done.stderr}"
+        return done.stdout
+
+    def bgp_routes(self, node: str) -> set[str]:
+        return {line.split()[0] for line in self.sh(node, "ip", "-4", "route", "show", "proto", "bird").splitlines()
+                if "metric 107" in line and " via " in line}
+
+    def bird_pid(self, node: str) -> str:
+        return (self.state / "bgp" / node / "bird.pid").read_text().strip()
+
+    def birdc(self, node: str, *args: str) -> str:
+        return self.sh(node, "birdc", "-s", str(self.state / "bgp" / node / "bird.ctl"), *args)
+
+    def all_pods_reach_all_pods(self) -> list[tuple[str, str, str | None]]:
+        pods = sorted(self.lab.state.pods)
+        plan = [(self.lab.state.pods[s].netns, self.lab.state.pods[t].ip, self.lab.state.pods[t].ports[0][1],
+                 self.lab.state.pods[t].ports[0][2]) for s in pods for t in pods]
+        results = probe_matrix(plan, timeout=2.0)
+        return [(s, t, r.error) for (s, t), r in zip([(s, t) for s in pods for t in pods], results) if not r.ok]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpLab]:
+    state = tmp_path_factory.mktemp("bgp-lab") / "lab"
+    try:
+        up = subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", PLUGINS],
+                            capture_output=True, text=True, timeout=120, check=False)
+        assert up.returncode == 0, f"kr lab up failed:\n{up.stdout}\n{up.stderr}"
+        yield BgpLab(state)
+    finally:
+        subprocess.run([KR, "lab", "down", "--state", str(state)], capture_output=True, text=True, timeout=60,
+                       check=False)
+
+
+def others(node: str) -> set[str]:
+    return {cidr for name, cidr in CIDRS.items() if name != node}
+
+
+def test_pods_reach_each_other_over_routes_learned_by_ibgp(lab: BgpLab) -> None:
+    for node in NODES:
+        assert wait_for(lambda node=node: lab.bgp_routes(node) == others(node)), (node, lab.bgp_routes(node))
+        assert lab.sh(node, "ip", "-4", "route", "show", "proto", "107") == ""  # no routing.static here
+        sessions = lab.birdc(node, "show", "protocols")
+        assert sessions.count("Established") == 2, sessions
+    assert lab.all_pods_reach_all_pods() == []
+
+
+def test_a_kr_restart_leaves_bird_and_its_routes_in_place(lab: BgpLab) -> None:
+    before = lab.bird_pid("kube-node1")
+    lab.lab.stop_agent("kube-node1")
+    assert lab.bgp_routes("kube-node1") == others("kube-node1")  # kr gone, routes still there
+    lab.lab.start_agent("kube-node1")
+    assert wait_for(lambda: (lab.lab.agent_health("kube-node1") or {}).get("healthy") is True)
+    assert lab.bird_pid("kube-node1") == before
+    assert lab.birdc("kube-node1", "show", "protocols").count("Established") == 2
+    assert lab.all_pods_reach_all_pods() == []
+
+
+def test_a_node_asn_changed_in_the_api_takes_effect_live(lab: BgpLab) -> None:
+    def annotate(value: str | None) -> None:
+        body = {"metadata": {"annotations": {"kube-router.io/node.asn": value}}}
+        lab.lab.call_api(lambda api: client.CoreV1Api(api).patch_node("kube-node3", body))
+
+    annotate("64600")
+    try:
+        assert wait_for(lambda: "64600" in lab.birdc("kube-node1", "show", "protocols", "all"), timeout=30)
+        assert wait_for(lambda: all(lab.birdc(n, "show", "protocols").count("Established") == 2 for n in NODES),
+                        timeout=30)
+        assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES))
+        assert lab.all_pods_reach_all_pods() == []
+    finally:
+        annotate(None)
+    assert wait_for(lambda: all(lab.birdc(n, "show", "protocols").count("Established") == 2 for n in NODES),
+                    timeout=30)
+
+
+def test_cleanup_stops_bird_and_removes_only_its_routes(lab: BgpLab) -> None:
+    node = "kube-node2"
+    lab.lab.stop_agent(node)
+    before = lab.sh(node, "ip", "-4", "route")
+    subprocess.run(["ip", "netns", "exec", lab.lab.netns_of(node), KR, "cleanup", "--plugins", "routing.bgp",
+                    "--hostname-override", node, "--bgp-run-dir", str(lab.state / "bgp")],
+                   capture_output=True, text=True, timeout=60, check=True)
+    after = lab.sh(node, "ip", "-4", "route")
+    assert "proto bird" in before and "proto bird" not in after
+    assert [line for line in before.splitlines() if "proto bird" not in line] == after.splitlines()
+    assert not (lab.state / "bgp" / node).exists()
+    lab.lab.start_agent(node)  # kr starts a BIRD again and the mesh heals
+    assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES), timeout=30)
+    assert lab.all_pods_reach_all_pods() == []

@@ -1,0 +1,99 @@
+"""The pure half of ``routing.bgp``: the BGP plan of a node and the BIRD configuration rendered from it.
+
+The golden case is a four-node cluster seen from node-a (one node in another subnet, one with its own AS,
+one without an address); regenerate ``golden/bird-node-a.conf`` after an intended change with
+``KR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/routing/test_bgp_render.py`` and review the diff.
+BIRD itself (``bird -p``) must accept every configuration rendered here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kr_core.model import DesiredState, FrozenMap, Node, NodeAddress
+from kr_plugins.routing.bgpplan import (
+    NODE_ASN_ANNOTATION,
+    BgpPeer,
+    BgpSettings,
+    plan_bgp,
+)
+from kr_plugins.routing.birdconf import protocol_name, render_bird
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("KR_UPDATE_GOLDEN") == "1"
+SUBNET = "192.168.50.0/24"
+
+
+def node(name: str, ip: str | None, cidrs: tuple[str, ...] = (), asn: str | None = None) -> Node:
+    return Node(name=name, addresses=(NodeAddress("InternalIP", ip),) if ip else (), pod_cidrs=cidrs,
+                labels=FrozenMap(), annotations=FrozenMap({NODE_ASN_ANNOTATION: asn} if asn else {}))
+
+
+NODES = (
+    node("node-a", "192.168.50.11", ("10.244.1.0/24", "fd00:1::/64")),
+    node("node-b", "192.168.50.12", ("10.244.2.0/24",)),
+    node("node-c", "192.168.60.13", ("10.244.3.0/24",), asn="64600"),
+    node("node-d", None, ("10.244.4.0/24",)),
+)
+
+
+def state(*nodes: Node, me: str = "node-a") -> DesiredState:
+    return DesiredState(node_name=me, node=next((n for n in nodes if n.name == me), None), nodes=nodes)
+
+
+def test_the_plan_meshes_with_every_addressed_node_and_accepts_exactly_their_pod_cidrs() -> None:
+    plan = plan_bgp(state(*NODES), BgpSettings())
+    assert plan is not None
+    assert (plan.router_id, plan.local_address, plan.local_asn) == ("192.168.50.11", "192.168.50.11", 64512)
+    assert plan.announce == ("10.244.1.0/24",)  # IPv4 only
+    assert plan.peers == (BgpPeer("node-b", "192.168.50.12", 64512), BgpPeer("node-c", "192.168.60.13", 64600))
+    assert plan.accept == ("10.244.2.0/24", "10.244.3.0/24")
+    assert plan.notes == ("node node-d: no IPv4 node address; no BGP session with it",)
+
+
+def test_settings_and_annotations() -> None:
+    custom = plan_bgp(state(*NODES), BgpSettings(cluster_asn=65001, router_id="1.2.3.4", port=1179, hold_time=9))
+    assert custom is not None
+    assert (custom.local_asn, custom.router_id, custom.port, custom.hold_time) == (65001, "1.2.3.4", 1179, 9)
+    assert [p.asn for p in custom.peers] == [65001, 64600]
+    bad = plan_bgp(state(node("node-a", "192.168.50.11", asn="sixty"), NODES[1]), BgpSettings())
+    assert bad is not None and bad.local_asn == 64512
+    assert bad.notes == ("node node-a: kube-router.io/node.asn='sixty' is not an AS number; using --cluster-asn 64512",)
+    assert plan_bgp(state(*NODES), BgpSettings(full_mesh=False)).peers == ()  # type: ignore[union-attr]
+    assert plan_bgp(state(*NODES[1:]), BgpSettings()) is None  # this node is not known yet
+    assert plan_bgp(state(*NODES, me="node-d"), BgpSettings()) is None  # nor its address
+
+
+def test_golden_bird_configuration() -> None:
+    plan = plan_bgp(state(*NODES), BgpSettings())
+    assert plan is not None
+    text = render_bird(plan, SUBNET)
+    path = GOLDEN / "bird-node-a.conf"
+    if UPDATE:
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
+    assert f"protocol bgp {protocol_name(plan.peers[0])} from kr_peer {{ neighbor 192.168.50.12 as 64512; direct;" in text
+    assert f"protocol bgp {protocol_name(plan.peers[1])} from kr_peer {{ neighbor 192.168.60.13 as 64600; multihop;" in text
+    assert render_bird(plan, SUBNET) == text  # deterministic
+
+
+def test_protocol_names_are_identifiers_and_distinct() -> None:
+    names = {protocol_name(BgpPeer(n, "10.0.0.1", 1)) for n in ("node.a", "node-a", "node_a", "x" * 200)}
+    assert len(names) == 4
+    assert all(name.replace("_", "").isalnum() and len(name) <= 50 for name in names)
+
+
+@pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD 2 is not installed (scripts/setup.sh installs it)")
+@pytest.mark.parametrize("nodes", [NODES, NODES[:1]], ids=["cluster", "alone"])
+def test_bird_accepts_the_rendered_configuration(nodes: tuple[Node, ...], tmp_path: Path) -> None:
+    plan = plan_bgp(state(*nodes), BgpSettings())
+    assert plan is not None
+    conf = tmp_path / "bird.conf"
+    conf.write_text(render_bird(plan, SUBNET))
+    done = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
