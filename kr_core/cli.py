@@ -25,7 +25,7 @@ import click
 import kr_core
 from kr_core.config import AgentConfig
 from kr_core.errors import ConfigError, KrError
-from kr_core.plugins import PluginHost, describe_installed, parse_plugin_list
+from kr_core.plugins import PluginHost, describe_installed, parse_plugin_list, plugin_commands
 
 log = logging.getLogger("kr")
 
@@ -256,6 +256,9 @@ def apiserver(args: tuple[str, ...]) -> None:
 
 main.add_command(LazyGroup("lab", "kr_lab.cli:lab",
                            "A whole cluster on this machine, in network namespaces, with a real kr agent per node."))
+for _name, _target in plugin_commands().items():  # plugins' own commands (entry points krouter.commands)
+    if _name not in main.commands:
+        main.add_command(LazyGroup(_name, _target, f"Commands of the plugin module {_target.partition(':')[0]}."))
 
 
 @main.command()

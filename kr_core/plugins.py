@@ -31,6 +31,8 @@ from kr_core.model import DesiredState
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "krouter.plugins"
+#: Command-line groups plugins add to ``kr`` (``kr bgp ...``): name -> ``module:click_group``.
+COMMANDS_GROUP = "krouter.commands"
 
 #: Which kinds each event hook reports, as (add/change hook, update hook, delete hook) names.
 _EVENT_HOOKS: Mapping[str, tuple[str, str | None, str | None]] = {
@@ -67,6 +69,15 @@ def installed_plugins() -> list[InstalledPlugin]:
             )
         )
     return sorted(found, key=lambda p: p.name)
+
+
+def plugin_commands() -> dict[str, str]:
+    """The command groups installed plugins add to ``kr``: name -> ``module:attribute`` (not imported).
+    A name registered twice keeps the first distribution's, as sorted by entry-point value."""
+    commands: dict[str, str] = {}
+    for ep in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.value):
+        commands.setdefault(ep.name, ep.value)
+    return commands
 
 
 def _entry_point(name: str) -> metadata.EntryPoint:

@@ -5,7 +5,8 @@
 ``apply(config)`` checks the text with ``bird -p``, writes it atomically, and then starts BIRD (a daemon
 in kr's network namespace) if none answers on the socket, or has it re-read the file (``birdc
 configure``: BIRD's soft reconfiguration keeps sessions whose settings did not change). ``stop()`` asks
-BIRD to shut down; ``protocols()`` reads its sessions for inspection.
+BIRD to shut down; ``sessions()`` and ``routes()`` read it for inspection (``kr bgp``), through the pure
+parsers of ``birdc``'s output.
 
 Invariants: a configuration BIRD rejects is never written over the running one (the error names the
 line); kr's restarts leave BIRD and its sessions alone (the daemon is not kr's child); a missing ``bird``
@@ -31,12 +32,62 @@ class BirdError(KrError):
 
 
 @dataclass(frozen=True, slots=True)
-class BirdProtocol:
-    name: str
-    proto: str
-    state: str
+class BgpSession:
+    """One BGP protocol of kr's BIRD, as ``show protocols all`` describes it."""
+
+    protocol: str
+    peer: str  # the node (from the protocol's description "node NAME"), else the protocol name
+    address: str
+    asn: str
+    state: str  # BIRD's BGP state: Established, Active, Connect, ...
     since: str
     info: str
+
+
+@dataclass(frozen=True, slots=True)
+class BirdRoute:
+    prefix: str
+    via: str  # the next hop, or the route's kind (unreachable, ...) when it has none
+    source: str  # the protocol it came from
+    best: bool
+
+
+def parse_sessions(text: str) -> list[BgpSession]:
+    """The BGP protocols in ``birdc show protocols all`` output."""
+    sessions: list[BgpSession] = []
+    fields: dict[str, str] = {}
+    header: list[str] = []
+
+    def flush() -> None:
+        if len(header) >= 5 and header[1] == "BGP":
+            description = fields.get("Description", "")
+            sessions.append(BgpSession(
+                protocol=header[0], peer=description.removeprefix("node ") or header[0],
+                address=fields.get("Neighbor address", ""), asn=fields.get("Neighbor AS", ""),
+                state=fields.get("BGP state", header[3]), since=header[4], info=" ".join(header[5:])))
+
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            flush()
+            header, fields = line.split(), {}
+        elif ":" in line:
+            key, _, value = line.strip().partition(":")
+            fields.setdefault(key, value.strip())
+    flush()
+    return sessions
+
+
+def parse_routes(text: str) -> list[BirdRoute]:
+    """The routes in ``birdc show route`` output (a route's ``via`` is on the line after it)."""
+    routes: list[BirdRoute] = []
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("\t") and words[:1] == ["via"] and routes:
+            last = routes[-1]
+            routes[-1] = BirdRoute(last.prefix, words[1], last.source, last.best)
+        elif len(words) >= 3 and "/" in words[0] and words[2].startswith("["):
+            routes.append(BirdRoute(words[0], words[1], words[2].lstrip("["), "*" in words[3:5]))
+    return routes
 
 
 class BirdDaemon:
@@ -90,16 +141,13 @@ class BirdDaemon:
                 raise BirdError(f"BIRD did not answer on {self.socket} within {STARTUP_TIMEOUT:.0f} s")
             time.sleep(0.05)
 
-    def protocols(self) -> list[BirdProtocol]:
-        """BIRD's protocols as ``show protocols`` lists them (empty when BIRD is not running)."""
-        if not self.running():
-            return []
-        rows = []
-        for line in run(["birdc", "-s", str(self.socket), "show", "protocols"]).splitlines()[2:]:
-            words = line.split(None, 5)
-            if len(words) >= 5:
-                rows.append(BirdProtocol(words[0], words[1], words[3], words[4], words[5] if len(words) > 5 else ""))
-        return rows
+    def sessions(self) -> list[BgpSession]:
+        """BIRD's BGP sessions."""
+        return parse_sessions(run(["birdc", "-s", str(self.socket), "show", "protocols", "all"]))
+
+    def routes(self) -> list[BirdRoute]:
+        """The routes in BIRD's table: this node's announced pod CIDRs and what the peers sent."""
+        return parse_routes(run(["birdc", "-s", str(self.socket), "show", "route"]))
 
     def stop(self) -> None:
         """Shut BIRD down (its kernel routes stay: ``persist``) and remove its files."""

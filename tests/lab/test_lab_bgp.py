@@ -5,11 +5,13 @@
 - restarting kr on a node leaves its BIRD (same process) and its routes in place, and traffic flows;
 - a node's ``kube-router.io/node.asn`` changed in the API takes effect without restarting kr: the other
   nodes' sessions to it come up with the new AS (eBGP now), and traffic still flows;
-- ``kr cleanup`` on a node stops its BIRD and removes the routes it left, and nothing else.
+- ``kr cleanup`` on a node stops its BIRD and removes the routes it left, and nothing else;
+- ``kr bgp peers`` and ``kr bgp routes`` on a node show its sessions and routes.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -91,6 +93,19 @@ def test_pods_reach_each_other_over_routes_learned_by_ibgp(lab: BgpLab) -> None:
         sessions = lab.birdc(node, "show", "protocols")
         assert sessions.count("Established") == 2, sessions
     assert lab.all_pods_reach_all_pods() == []
+    # what an operator sees on a node: kr bgp peers / routes
+    peers = json.loads(lab.sh("kube-node1", KR, "bgp", "peers", "--json", "--hostname-override", "kube-node1",
+                              "--bgp-run-dir", str(lab.state / "bgp")))
+    assert [(p["peer"], p["asn"], p["state"]) for p in peers] == [("kube-node2", "64512", "Established"),
+                                                                   ("kube-node3", "64512", "Established")]
+    table = lab.sh("kube-node1", KR, "bgp", "routes", "--hostname-override", "kube-node1",
+                   "--bgp-run-dir", str(lab.state / "bgp"))
+    assert table.splitlines()[0].split() == ["PREFIX", "VIA", "SOURCE", "BEST"]
+    assert {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]} == {
+        "10.1.1.0/24": "unreachable", "10.1.2.0/24": "192.168.56.12", "10.1.3.0/24": "192.168.56.13"}
+    elsewhere = subprocess.run([KR, "bgp", "peers", "--hostname-override", "kube-node1", "--bgp-run-dir",
+                                str(lab.state / "nowhere")], capture_output=True, text=True, timeout=30)
+    assert elsewhere.returncode == 1 and "no BIRD of kr's answers" in elsewhere.stderr
 
 
 def test_a_kr_restart_leaves_bird_and_its_routes_in_place(lab: BgpLab) -> None:

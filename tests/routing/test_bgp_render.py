@@ -23,6 +23,7 @@ from kr_plugins.routing.bgpplan import (
     plan_bgp,
 )
 from kr_plugins.routing.birdconf import protocol_name, render_bird
+from kr_plugins.routing.birddaemon import parse_routes, parse_sessions
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("KR_UPDATE_GOLDEN") == "1"
@@ -97,3 +98,16 @@ def test_bird_accepts_the_rendered_configuration(nodes: tuple[Node, ...], tmp_pa
     conf.write_text(render_bird(plan, SUBNET))
     done = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def test_birdc_output_is_read_into_sessions_and_routes() -> None:
+    """``kr bgp peers`` / ``routes`` read BIRD 2.0.12's own output (captured from the lab's kube-node1)."""
+    sessions = parse_sessions((GOLDEN / "birdc-show-protocols-all.txt").read_text())
+    assert [(s.peer, s.address, s.asn, s.state) for s in sessions] == [
+        ("kube-node2", "192.168.56.12", "64512", "Established"), ("kube-node3", "192.168.56.13", "64512", "Established")]
+    assert all(s.protocol.startswith("kr_kube_node") and s.since for s in sessions)
+    routes = parse_routes((GOLDEN / "birdc-show-route.txt").read_text())
+    assert [(r.prefix, r.via, r.source.split("_")[-1] if r.source != "kr_pods" else r.source, r.best) for r in routes] == [
+        ("10.1.3.0/24", "192.168.56.13", "a1a5fd", True), ("10.1.1.0/24", "unreachable", "kr_pods", True),
+        ("10.1.2.0/24", "192.168.56.12", "0e80a4", True)]
+    assert parse_sessions("BIRD 2.0.12 ready.\n") == [] and parse_routes("") == []

@@ -239,3 +239,13 @@ def test_shared_options_are_added_once_per_group_and_still_clash_with_others() -
     assert [o.opts for o in host.add_options({})] == [["--masquerade-all"]]
     with pytest.raises(PluginError, match="--masquerade-all"):
         host.add_options({"--masquerade-all": "kr"})
+
+
+def test_plugins_add_command_groups_imported_only_when_used() -> None:
+    from kr_core.plugins import plugin_commands
+
+    assert plugin_commands()["bgp"] == "kr_plugins.routing.bgpcli:bgp"
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "bgp" in result.output
+    result = CliRunner().invoke(main, ["bgp", "peers", "--help"])
+    assert result.exit_code == 0 and "--bgp-run-dir" in result.output

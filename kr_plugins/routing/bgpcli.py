@@ -1,0 +1,65 @@
+"""``kr bgp``: what this node's BGP speaker (kr's BIRD, see docs/bgp.md) holds: sessions and routes.
+
+Run on the node (in its network namespace), with the agent's ``--bgp-run-dir`` and node name. Reads BIRD
+through its control socket (``birdc``); never changes anything. ``--json`` prints machine-readable rows.
+
+Invariants: read-only; a node whose BIRD is not running gets a plain error naming the socket looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import click
+
+from kr_plugins.routing.birddaemon import BirdDaemon
+from kr_plugins.routing.bgp import DEFAULT_RUN_DIR
+
+node_option = click.option("--hostname-override", "node", envvar="NODE_NAME", default=socket.gethostname,
+                           show_default="$NODE_NAME, else the hostname", help="This node's name (as the agent's).")
+run_dir_option = click.option("--bgp-run-dir", "run_dir", default=DEFAULT_RUN_DIR, show_default=True,
+                              help="The agent's --bgp-run-dir.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _daemon(run_dir: str, node: str) -> BirdDaemon:
+    daemon = BirdDaemon(Path(run_dir) / node)
+    if not daemon.running():
+        raise click.ClickException(f"no BIRD of kr's answers on {daemon.socket} (is routing.bgp running on {node}?)")
+    return daemon
+
+
+def _table(rows: list[dict[str, str]], columns: tuple[str, ...]) -> str:
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+@click.group()
+def bgp() -> None:
+    """This node's BGP sessions and routes (routing.bgp)."""
+
+
+@bgp.command()
+@node_option
+@run_dir_option
+@json_option
+def peers(node: str, run_dir: str, as_json: bool) -> None:
+    """The BGP sessions: peer node, address, AS, state and since when."""
+    rows = [{"peer": p.peer, "address": p.address, "asn": p.asn, "state": p.state, "since": p.since, "info": p.info}
+            for p in _daemon(run_dir, node).sessions()]
+    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows, ("peer", "address", "asn", "state", "since", "info")))
+
+
+@bgp.command()
+@node_option
+@run_dir_option
+@json_option
+def routes(node: str, run_dir: str, as_json: bool) -> None:
+    """The routes BIRD holds: prefix, next hop, the session (or kr_pods) it came from, and whether it is used."""
+    rows = [{"prefix": r.prefix, "via": r.via, "source": r.source, "best": "yes" if r.best else "no"}
+            for r in _daemon(run_dir, node).routes()]
+    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows, ("prefix", "via", "source", "best")))
