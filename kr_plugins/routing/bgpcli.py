@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from kr_plugins.routing.birddaemon import BirdDaemon
 from kr_plugins.routing.bgp import DEFAULT_RUN_DIR
+from kr_plugins.routing.birddaemon import BirdDaemon
 
 node_option = click.option("--hostname-override", "node", envvar="NODE_NAME", default=socket.gethostname,
                            show_default="$NODE_NAME, else the hostname", help="This node's name (as the agent's).")

@@ -1,9 +1,15 @@
 """The BGP plan of one node: what ``routing.bgp`` tells its speaker, computed from the desired state.
 
 ``plan_bgp(desired, settings)`` gives this node's router id, local AS and address, the pod CIDRs it
-announces, the peers it keeps sessions with (every other node, in kube-router's full mesh, with each
-node's AS from ``kube-router.io/node.asn`` or ``--cluster-asn``), and the prefixes it accepts from them
-(exactly the other nodes' pod CIDRs, so nothing else, a service VIP among them, is ever imported).
+announces, the peers it keeps sessions with, and the prefixes it accepts from them (exactly the other
+nodes' pod CIDRs, so nothing else, a service VIP among them, is ever imported). Each node's AS is its
+``kube-router.io/node.asn`` or ``--cluster-asn``. Who peers with whom, as kube-router decides it:
+
+- a route-reflector client (``kube-router.io/rr.client=<cluster id>``) peers only with the servers of its
+  cluster id (``kube-router.io/rr.server=<cluster id>``), which reflect routes to it (``rr_client``);
+- route-reflector servers peer with each other;
+- any other two nodes peer in the full mesh (``--nodes-full-mesh``, the default; iBGP, or eBGP between
+  nodes whose annotations give them different ASes), and without it only when they share an AS.
 
 Invariants: pure (depends on its arguments only); IPv4 only; deterministic order (equal states give equal
 plans); what the operator should hear about (a bad ASN annotation, a node without address or pod CIDR) is
@@ -19,6 +25,8 @@ from kr_core.model import DesiredState, Node
 from kr_plugins.routing.plan import node_ipv4
 
 NODE_ASN_ANNOTATION = "kube-router.io/node.asn"
+RR_SERVER_ANNOTATION = "kube-router.io/rr.server"
+RR_CLIENT_ANNOTATION = "kube-router.io/rr.client"
 DEFAULT_CLUSTER_ASN = 64512
 MAX_ASN = 4294967295
 
@@ -37,6 +45,15 @@ class BgpPeer:
     node: str
     address: str
     asn: int
+    rr_client: str | None = None  # the cluster id when this node reflects routes to the peer
+
+
+@dataclass(frozen=True, slots=True)
+class RrRole:
+    """A node's route-reflector role: the cluster id it serves and the one it is a client of."""
+
+    server: str | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +85,39 @@ def node_asn(node: Node, settings: BgpSettings, notes: list[str]) -> int:
     return asn
 
 
+def cluster_id(raw: str) -> str | None:
+    """A route-reflector cluster id as BGP carries it (a 32-bit number, written as an IPv4 address):
+    ``42`` and ``0.0.0.42`` are the same; None when ``raw`` is neither."""
+    try:
+        return str(ipaddress.IPv4Address(int(raw) if raw.isdigit() else raw))
+    except ValueError:
+        return None
+
+
+def rr_role(node: Node, notes: list[str]) -> RrRole:
+    """``node``'s route-reflector annotations, a malformed one reported and ignored."""
+    ids = []
+    for annotation in (RR_SERVER_ANNOTATION, RR_CLIENT_ANNOTATION):
+        raw = node.annotations.get(annotation)
+        parsed = cluster_id(raw) if raw is not None else None
+        if raw is not None and parsed is None:
+            notes.append(f"node {node.name}: {annotation}={raw!r} is not a cluster id (a number or an IPv4 "
+                         "address); ignored")
+        ids.append(parsed)
+    return RrRole(*ids)
+
+
+def peering(me: RrRole, my_asn: int, other: RrRole, other_asn: int, full_mesh: bool) -> tuple[bool, str | None]:
+    """Whether two nodes keep a session, and the cluster id if this node reflects to the other."""
+    if me.client is not None:
+        return other.server == me.client, None
+    if other.client is not None:
+        return (True, me.server) if me.server == other.client else (False, None)
+    if me.server is not None and other.server is not None:
+        return True, None
+    return full_mesh or my_asn == other_asn, None
+
+
 def _pod_cidrs(node: Node) -> list[str]:
     return [c for c in node.pod_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
 
@@ -81,6 +131,7 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
     notes: list[str] = []
     peers: list[BgpPeer] = []
     accept: list[str] = []
+    my_asn, my_role = node_asn(me, settings, notes), rr_role(me, notes)
     for node in desired.nodes:
         if node.name == me.name:
             continue
@@ -88,13 +139,15 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         if ip is None:
             notes.append(f"node {node.name}: no IPv4 node address; no BGP session with it")
             continue
-        if settings.full_mesh:
-            peers.append(BgpPeer(node.name, ip, node_asn(node, settings, notes)))
-            accept += _pod_cidrs(node)
+        accept += _pod_cidrs(node)  # reflected routes of nodes this one has no session with are welcome too
+        asn = node_asn(node, settings, notes)
+        peer, reflect = peering(my_role, my_asn, rr_role(node, notes), asn, settings.full_mesh)
+        if peer:
+            peers.append(BgpPeer(node.name, ip, asn, reflect))
     return BgpPlan(
         router_id=settings.router_id or address,
         local_address=address,
-        local_asn=node_asn(me, settings, notes),
+        local_asn=my_asn,
         announce=tuple(sorted(_pod_cidrs(me), key=ipaddress.IPv4Network)),
         peers=tuple(sorted(peers)),
         accept=tuple(sorted(set(accept) - set(_pod_cidrs(me)), key=ipaddress.IPv4Network)),

@@ -3,6 +3,10 @@
 - every pod reaches every pod across the three nodes over routes BIRD learned by iBGP (``proto bird``,
   metric 107), and no node holds a route of ``routing.static``'s;
 - restarting kr on a node leaves its BIRD (same process) and its routes in place, and traffic flows;
+- route reflection (``kube-router.io/rr.server`` / ``rr.client``): the clients keep a session with the
+  reflector only and still reach each other, next hop unchanged;
+- a node deleted from the API disappears from every other node's sessions and routes, and comes back when
+  it is created again, without restarting anything;
 - a node's ``kube-router.io/node.asn`` changed in the API takes effect without restarting kr: the other
   nodes' sessions to it come up with the new AS (eBGP now), and traffic still flows;
 - ``kr cleanup`` on a node stops its BIRD and removes the routes it left, and nothing else;
@@ -135,6 +139,50 @@ def test_a_node_asn_changed_in_the_api_takes_effect_live(lab: BgpLab) -> None:
         annotate(None)
     assert wait_for(lambda: all(lab.birdc(n, "show", "protocols").count("Established") == 2 for n in NODES),
                     timeout=30)
+
+
+def test_route_reflection_with_sessions_only_to_the_reflector(lab: BgpLab) -> None:
+    def annotate(node: str, annotations: dict[str, str | None]) -> None:
+        body = {"metadata": {"annotations": annotations}}
+        lab.lab.call_api(lambda api: client.CoreV1Api(api).patch_node(node, body))
+
+    roles = {"kube-node1": {"kube-router.io/rr.server": "42"}, "kube-node2": {"kube-router.io/rr.client": "42"},
+             "kube-node3": {"kube-router.io/rr.client": "42"}}
+    for node, annotations in roles.items():
+        annotate(node, annotations)
+    try:
+        def sessions(node: str) -> list[str]:
+            return [line.split()[0] for line in lab.birdc(node, "show", "protocols").splitlines()
+                    if " BGP " in line and "Established" in line]
+
+        # the clients talk to the reflector only, and still learn each other's pod CIDR, next hop kept
+        assert wait_for(lambda: len(sessions("kube-node2")) == 1 and len(sessions("kube-node3")) == 1
+                        and len(sessions("kube-node1")) == 2, timeout=30)
+        assert all("kube_node1" in name for name in sessions("kube-node2"))
+        assert wait_for(lambda: lab.bgp_routes("kube-node2") == others("kube-node2"), timeout=30)
+        assert "10.1.3.0/24 via 192.168.56.13 " in lab.sh("kube-node2", "ip", "-4", "route", "show", "proto", "bird")
+        assert lab.all_pods_reach_all_pods() == []
+    finally:
+        for node, annotations in roles.items():
+            annotate(node, dict.fromkeys(annotations))
+    assert wait_for(lambda: all(lab.birdc(n, "show", "protocols").count("Established") == 2 for n in NODES),
+                    timeout=30)
+
+
+def test_a_node_removed_from_the_api_leaves_every_table_and_comes_back_when_added(lab: BgpLab) -> None:
+    core = lambda api: client.CoreV1Api(api)  # noqa: E731
+    saved = json.loads(lab.lab.call_api(lambda api: core(api).read_node("kube-node3", _preload_content=False).data))
+    lab.lab.call_api(lambda api: core(api).delete_node("kube-node3"))
+    try:
+        for node in ("kube-node1", "kube-node2"):
+            assert wait_for(lambda node=node: lab.bgp_routes(node) == others(node) - {CIDRS["kube-node3"]}), node
+            assert wait_for(lambda node=node: "kube-node3" not in lab.birdc(node, "show", "protocols", "all"))
+    finally:
+        meta = {k: v for k, v in saved["metadata"].items() if k in ("name", "labels", "annotations")}
+        body = {"metadata": meta, "spec": saved["spec"], "status": saved["status"]}
+        lab.lab.call_api(lambda api: core(api).create_node(body))
+    assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES), timeout=30)
+    assert lab.all_pods_reach_all_pods() == []
 
 
 def test_cleanup_stops_bird_and_removes_only_its_routes(lab: BgpLab) -> None:

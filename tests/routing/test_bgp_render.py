@@ -18,6 +18,8 @@ import pytest
 from kr_core.model import DesiredState, FrozenMap, Node, NodeAddress
 from kr_plugins.routing.bgpplan import (
     NODE_ASN_ANNOTATION,
+    RR_CLIENT_ANNOTATION,
+    RR_SERVER_ANNOTATION,
     BgpPeer,
     BgpSettings,
     plan_bgp,
@@ -65,9 +67,53 @@ def test_settings_and_annotations() -> None:
     bad = plan_bgp(state(node("node-a", "192.168.50.11", asn="sixty"), NODES[1]), BgpSettings())
     assert bad is not None and bad.local_asn == 64512
     assert bad.notes == ("node node-a: kube-router.io/node.asn='sixty' is not an AS number; using --cluster-asn 64512",)
-    assert plan_bgp(state(*NODES), BgpSettings(full_mesh=False)).peers == ()  # type: ignore[union-attr]
+    # without the full mesh only nodes of one AS peer (node-c has its own)
+    assert [p.node for p in plan_bgp(state(*NODES), BgpSettings(full_mesh=False)).peers] == ["node-b"]  # type: ignore[union-attr]
     assert plan_bgp(state(*NODES[1:]), BgpSettings()) is None  # this node is not known yet
     assert plan_bgp(state(*NODES, me="node-d"), BgpSettings()) is None  # nor its address
+
+
+def rr(name: str, ip: str, cidr: str, server: str | None = None, client: str | None = None) -> Node:
+    annotations = {k: v for k, v in ((RR_SERVER_ANNOTATION, server), (RR_CLIENT_ANNOTATION, client)) if v}
+    return Node(name=name, addresses=(NodeAddress("InternalIP", ip),), pod_cidrs=(cidr,), labels=FrozenMap(),
+                annotations=FrozenMap(annotations))
+
+
+RR_NODES = (
+    rr("rr-1", "192.168.50.1", "10.244.11.0/24", server="42"),
+    rr("rr-2", "192.168.50.2", "10.244.12.0/24", server="0.0.0.42"),
+    rr("client-a", "192.168.50.21", "10.244.21.0/24", client="42"),
+    rr("client-b", "192.168.50.22", "10.244.22.0/24", client="42"),
+    rr("client-x", "192.168.50.23", "10.244.23.0/24", client="7"),
+    rr("plain", "192.168.50.30", "10.244.30.0/24"),
+)
+
+
+def peers_of(name: str, full_mesh: bool = True) -> list[tuple[str, str | None]]:
+    plan = plan_bgp(state(*RR_NODES, me=name), BgpSettings(full_mesh=full_mesh))
+    assert plan is not None
+    return [(p.node, p.rr_client) for p in plan.peers]
+
+
+def test_route_reflectors_peer_as_kube_router_pairs_them() -> None:
+    # a server reflects to the clients of its cluster id (42 and 0.0.0.42 are one id), meshes with the
+    # other server, and peers with nodes that are no client at all
+    assert peers_of("rr-1") == [("client-a", "0.0.0.42"), ("client-b", "0.0.0.42"), ("plain", None), ("rr-2", None)]
+    # a client peers with its servers only; a client of an id nobody serves peers with nobody
+    assert peers_of("client-a") == [("rr-1", None), ("rr-2", None)]
+    assert peers_of("client-x") == []
+    # a plain node never peers with clients (they talk to their servers only)
+    assert peers_of("plain") == [("rr-1", None), ("rr-2", None)]
+    # every node accepts every other node's pod CIDR: reflected routes come from nodes it has no session with
+    plan = plan_bgp(state(*RR_NODES, me="client-a"), BgpSettings())
+    assert plan is not None and len(plan.accept) == len(RR_NODES) - 1
+    text = render_bird(plan_bgp(state(*RR_NODES, me="rr-1"), BgpSettings()), SUBNET)  # type: ignore[arg-type]
+    assert text.count("rr client; rr cluster id 0.0.0.42;") == 2
+    assert "if source = RTS_BGP && net ~ [" in text  # a reflector passes the others' routes on
+    assert "RTS_BGP && net" not in render_bird(plan, SUBNET)  # a client does not
+    bad = plan_bgp(state(rr("odd", "192.168.50.9", "10.244.9.0/24", server="not-an-id"), *RR_NODES, me="odd"),
+                   BgpSettings())
+    assert bad is not None and "kube-router.io/rr.server='not-an-id' is not a cluster id" in " ".join(bad.notes)
 
 
 def test_golden_bird_configuration() -> None:
@@ -90,9 +136,10 @@ def test_protocol_names_are_identifiers_and_distinct() -> None:
 
 
 @pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD 2 is not installed (scripts/setup.sh installs it)")
-@pytest.mark.parametrize("nodes", [NODES, NODES[:1]], ids=["cluster", "alone"])
-def test_bird_accepts_the_rendered_configuration(nodes: tuple[Node, ...], tmp_path: Path) -> None:
-    plan = plan_bgp(state(*nodes), BgpSettings())
+@pytest.mark.parametrize(("nodes", "me"), [(NODES, "node-a"), (NODES[:1], "node-a"), (RR_NODES, "rr-1")],
+                         ids=["cluster", "alone", "reflector"])
+def test_bird_accepts_the_rendered_configuration(nodes: tuple[Node, ...], me: str, tmp_path: Path) -> None:
+    plan = plan_bgp(state(*nodes, me=me), BgpSettings())
     assert plan is not None
     conf = tmp_path / "bird.conf"
     conf.write_text(render_bird(plan, SUBNET))
