@@ -17,6 +17,8 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
@@ -29,10 +31,11 @@ from pyroute2 import IPRoute
 from kr_core.backends import Backend, BackendContext, BackendSpec
 from kr_core.changes import ChangeSet
 from kr_core.config import OptionRegistry
+from kr_core.errors import ConfigError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.kernel.sysctl import ensure_sysctl
-from kr_plugins.routing.bgpplan import DEFAULT_CLUSTER_ASN, BgpSettings, plan_bgp
+from kr_plugins.routing.bgpplan import DEFAULT_CLUSTER_ASN, MAX_ASN, BgpSettings, ExternalPeer, plan_bgp
 from kr_plugins.routing.birdconf import KERNEL_METRIC, render_bird
 from kr_plugins.routing.birddaemon import BirdDaemon
 from kr_plugins.routing.notes import Notes
@@ -47,11 +50,45 @@ DEFAULT_RUN_DIR = "/run/kr/bgp"
 
 
 def bgp_settings(options: Mapping[str, Any]) -> BgpSettings:
+    """The backend's settings from parsed options; ``ConfigError`` names a bad external peer setting."""
     return BgpSettings(cluster_asn=int(options.get("cluster_asn") or DEFAULT_CLUSTER_ASN),
                        full_mesh=bool(options.get("nodes_full_mesh", True)),
                        router_id=options.get("router_id") or None,
                        port=int(options.get("bgp_port") or 179),
-                       hold_time=int(options.get("bgp_holdtime") or 90))
+                       hold_time=int(options.get("bgp_holdtime") or 90),
+                       external_peers=external_peers(options),
+                       multihop_ttl=options.get("peer_router_multihop_ttl") or None)
+
+
+def _list(options: Mapping[str, Any], name: str) -> list[str]:
+    raw = options.get(name) or ""
+    return [item.strip() for item in raw.split(",")] if raw else []
+
+
+def external_peers(options: Mapping[str, Any]) -> tuple[ExternalPeer, ...]:
+    """kube-router's ``--peer-router-ips/asns/ports/passwords`` (comma-separated, position by position;
+    passwords base64-encoded, an empty one meaning none)."""
+    ips, asns = _list(options, "peer_router_ips"), _list(options, "peer_router_asns")
+    ports, passwords = _list(options, "peer_router_ports"), _list(options, "peer_router_passwords")
+    if len(ips) != len(asns):
+        raise ConfigError(f"--peer-router-ips has {len(ips)} address(es) but --peer-router-asns {len(asns)} AS number(s)")
+    for name, values in (("--peer-router-ports", ports), ("--peer-router-passwords", passwords)):
+        if values and len(values) != len(ips):
+            raise ConfigError(f"{name} has {len(values)} value(s) for {len(ips)} peer router(s)")
+    peers = []
+    for index, (ip, asn) in enumerate(zip(ips, asns)):
+        try:
+            address = str(ipaddress.IPv4Address(ip))
+            number, port = int(asn), int(ports[index]) if ports else 179
+            password = base64.b64decode(passwords[index], validate=True).decode() if passwords and passwords[index] else None
+        except (ValueError, binascii.Error) as exc:
+            raise ConfigError(f"peer router {index + 1} ({ip}): {exc}") from None
+        if not 1 <= number <= MAX_ASN or not 1 <= port <= 65535:
+            raise ConfigError(f"peer router {index + 1} ({ip}): AS {asn} or port {port} out of range")
+        if password is not None and any(c in password for c in '"\\\n\r'):
+            raise ConfigError(f"peer router {index + 1} ({ip}): the password holds a quote, backslash or line break")
+        peers.append(ExternalPeer(address, number, port, password))
+    return tuple(peers)
 
 
 class BgpRouting(Backend):
@@ -100,6 +137,14 @@ def kr_add_options(options: OptionRegistry) -> None:
                              help="BGP hold time in seconds."))
     options.add(click.Option(["--bgp-run-dir"], default=DEFAULT_RUN_DIR, show_default=True,
                              help="Where kr's BIRD keeps its configuration and control socket (a directory per node)."))
+    for flag, text in (("--peer-router-ips", "External BGP routers every node peers with (comma-separated)."),
+                       ("--peer-router-asns", "Their AS numbers, position by position."),
+                       ("--peer-router-ports", "Their ports, position by position (default 179)."),
+                       ("--peer-router-passwords", "Their MD5 passwords, base64-encoded, position by position "
+                                                   "(empty: none).")):
+        options.add(click.Option([flag], default=None, help=text))
+    options.add(click.Option(["--peer-router-multihop-ttl"], type=click.IntRange(1, 255), default=None,
+                             help="TTL of the sessions to external routers more than one hop away."))
 
 
 @hookimpl

@@ -9,7 +9,9 @@ nodes' pod CIDRs, so nothing else, a service VIP among them, is ever imported). 
   cluster id (``kube-router.io/rr.server=<cluster id>``), which reflect routes to it (``rr_client``);
 - route-reflector servers peer with each other;
 - any other two nodes peer in the full mesh (``--nodes-full-mesh``, the default; iBGP, or eBGP between
-  nodes whose annotations give them different ASes), and without it only when they share an AS.
+  nodes whose annotations give them different ASes), and without it only when they share an AS;
+- every node also peers with the external routers of ``--peer-router-*`` (``ExternalPeer``), announcing
+  its pod CIDRs and taking their routes, except the default route and anything inside a node's pod CIDR.
 
 Invariants: pure (depends on its arguments only); IPv4 only; deterministic order (equal states give equal
 plans); what the operator should hear about (a bad ASN annotation, a node without address or pod CIDR) is
@@ -31,6 +33,16 @@ DEFAULT_CLUSTER_ASN = 64512
 MAX_ASN = 4294967295
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class ExternalPeer:
+    """A BGP router outside the cluster every node peers with (kube-router's ``--peer-router-*``)."""
+
+    address: str
+    asn: int
+    port: int = 179
+    password: str | None = None  # plain text (kube-router's flag carries it base64-encoded)
+
+
 @dataclass(frozen=True, slots=True)
 class BgpSettings:
     cluster_asn: int = DEFAULT_CLUSTER_ASN
@@ -38,6 +50,8 @@ class BgpSettings:
     router_id: str | None = None  # None: the node's IPv4 address
     port: int = 179
     hold_time: int = 90
+    external_peers: tuple[ExternalPeer, ...] = ()
+    multihop_ttl: int | None = None  # external peers more than one hop away
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -67,6 +81,9 @@ class BgpPlan:
     port: int
     hold_time: int
     notes: tuple[str, ...]
+    external_peers: tuple[ExternalPeer, ...] = ()
+    cluster_cidrs: tuple[str, ...] = ()  # every node's pod CIDR: never taken from an external peer
+    multihop_ttl: int | None = None
 
 
 def node_asn(node: Node, settings: BgpSettings, notes: list[str]) -> int:
@@ -154,4 +171,7 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         port=settings.port,
         hold_time=settings.hold_time,
         notes=tuple(notes),
+        external_peers=tuple(sorted(settings.external_peers)),
+        cluster_cidrs=tuple(sorted({c for n in desired.nodes for c in _pod_cidrs(n)}, key=ipaddress.IPv4Network)),
+        multihop_ttl=settings.multihop_ttl,
     )

@@ -6,6 +6,10 @@
   own table only: the kernel export takes BGP routes alone, and the node's bridge serves its pods);
 - ``kr_kernel``: BGP-learned routes into the kernel's main table with metric ``KERNEL_METRIC`` (107, kr's
   route protocol number, as BIRD writes ``proto bird`` itself), ``persist`` so a BIRD restart keeps them;
+- ``kr_ext_<address>_<port>`` per external router (``--peer-router-*``): eBGP with its password, direct or
+  multihop (``--peer-router-multihop-ttl``), exporting this node's pod CIDRs only (``kr_export_external``:
+  a reflector passes no other node's on) and importing what it sends
+  but the default route and anything inside a node's pod CIDR (``kr_import_external``);
 - one ``bgp`` protocol per peer from the ``kr_peer`` template: hold time, port, ``direct`` when the peer
   shares this node's subnet (else ``multihop``), ``rr client`` with the cluster id for a peer this node
   reflects to, an import filter accepting exactly ``plan.accept`` and an export filter sending exactly
@@ -25,7 +29,7 @@ import hashlib
 import ipaddress
 import re
 
-from kr_plugins.routing.bgpplan import BgpPeer, BgpPlan
+from kr_plugins.routing.bgpplan import BgpPeer, BgpPlan, ExternalPeer
 
 KERNEL_METRIC = 107
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
@@ -60,6 +64,15 @@ def render_bird(plan: BgpPlan, subnet: str | None = None) -> str:
         f"  if net ~ {_prefix_set(plan.accept)} then accept;" if plan.accept else "",
         "  reject;",
         "}",
+        "filter kr_import_external {",
+        "  if net = 0.0.0.0/0 then reject;",
+        f"  if net ~ [ {', '.join(f'{c}+' for c in plan.cluster_cidrs)} ] then reject;" if plan.cluster_cidrs else "",
+        "  accept;",
+        "}",
+        "filter kr_export_external {",
+        '  if proto = "kr_pods" then accept;',
+        "  reject;",
+        "}",
         "filter kr_export {",
         '  if proto = "kr_pods" then accept;',
         # a reflector passes the other nodes' routes on (BIRD reflects only to and from rr clients)
@@ -76,4 +89,23 @@ def render_bird(plan: BgpPlan, subnet: str | None = None) -> str:
         reflect = f"rr client; rr cluster id {peer.rr_client}; " if peer.rr_client else ""
         lines.append(f"protocol bgp {protocol_name(peer)} from kr_peer {{ neighbor {peer.address} as {peer.asn}; "
                      f"{reach}; {reflect}description \"node {peer.node}\"; }}")
+    for peer in plan.external_peers:
+        reach = f"multihop {plan.multihop_ttl}" if plan.multihop_ttl else (
+            "direct" if network is not None and ipaddress.IPv4Address(peer.address) in network else "multihop")
+        password = f" password {_quoted(peer.password)};" if peer.password else ""
+        lines += [f"protocol bgp {external_name(peer)} {{ local {plan.local_address} as {plan.local_asn}; "
+                  f"neighbor {peer.address} port {peer.port} as {peer.asn}; {reach};{password}",
+                  f"  hold time {plan.hold_time}; connect delay time 1; error wait time 1, 10; "
+                  f"description \"external {peer.address}\";",
+                  "  ipv4 { import filter kr_import_external; export filter kr_export_external; };", "}"]
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def external_name(peer: ExternalPeer) -> str:
+    """The BIRD protocol of an external peer's session."""
+    return f"kr_ext_{peer.address.replace('.', '_')}_{peer.port}"
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a BIRD string (the settings refuse quotes, backslashes and line breaks in passwords)."""
+    return f'"{text}"'

@@ -199,3 +199,48 @@ def test_cleanup_stops_bird_and_removes_only_its_routes(lab: BgpLab) -> None:
     lab.lab.start_agent(node)  # kr starts a BIRD again and the mesh heals
     assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES), timeout=30)
     assert lab.all_pods_reach_all_pods() == []
+
+
+EXTERNAL_BIRD = """\
+router id 192.168.56.100;
+protocol device {}
+protocol static injected { ipv4; route 203.0.113.0/24 unreachable; route 0.0.0.0/0 unreachable;
+  route 10.1.2.128/25 unreachable; }
+template bgp node { local 192.168.56.100 as 65000; password "s3cret"; connect delay time 1; error wait time 1, 10;
+  ipv4 { import all; export where source = RTS_STATIC; }; }
+protocol bgp kube_node1 from node { neighbor 192.168.56.11 as 64512; }
+protocol bgp kube_node2 from node { neighbor 192.168.56.12 as 64512; }
+protocol bgp kube_node3 from node { neighbor 192.168.56.13 as 64512; }
+"""
+
+
+def test_an_external_router_peers_with_a_password_learns_pod_cidrs_and_injects_a_route(tmp_path: Path) -> None:
+    """An external BIRD on the lab's outside host (AS 65000, MD5 password) peers with every node through
+    ``--peer-router-*``, learns every pod CIDR, and its route reaches the nodes' kernels; its default route
+    and a prefix inside a node's pod CIDR are refused."""
+    state = tmp_path / "lab"
+    args = [f"--agent-arg={arg}" for arg in ("--peer-router-ips=192.168.56.100", "--peer-router-asns=65000",
+                                             "--peer-router-passwords=czNjcmV0")]  # base64 of s3cret
+    try:
+        up = subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", PLUGINS, *args],
+                            capture_output=True, text=True, timeout=120, check=False)
+        assert up.returncode == 0, f"kr lab up failed:\n{up.stdout}\n{up.stderr}"
+        lab = BgpLab(state)
+        conf, ctl = tmp_path / "external.conf", tmp_path / "external.ctl"
+        conf.write_text(EXTERNAL_BIRD)
+        lab.sh("client", "bird", "-c", str(conf), "-s", str(ctl))
+
+        def external_table() -> str:
+            return lab.sh("client", "birdc", "-s", str(ctl), "show", "route")
+
+        assert wait_for(lambda: all(cidr in external_table() for cidr in CIDRS.values()), timeout=30), external_table()
+        assert lab.sh("client", "birdc", "-s", str(ctl), "show", "protocols").count("Established") == 3
+        for node in NODES:
+            assert wait_for(lambda node=node: "203.0.113.0/24" in lab.bgp_routes(node)), node
+            routes = lab.sh(node, "ip", "-4", "route", "show", "proto", "bird")
+            assert "203.0.113.0/24 via 192.168.56.100 " in routes
+            assert "default" not in routes and "10.1.2.128/25" not in routes, routes
+            assert lab.bgp_routes(node) == others(node) | {"203.0.113.0/24"}  # the mesh is intact
+    finally:
+        subprocess.run([KR, "lab", "down", "--state", str(state)], capture_output=True, text=True, timeout=60,
+                       check=False)
