@@ -241,6 +241,17 @@ def test_an_external_router_peers_with_a_password_learns_pod_cidrs_and_injects_a
             assert "203.0.113.0/24 via 192.168.56.100 " in routes
             assert "default" not in routes and "10.1.2.128/25" not in routes, routes
             assert lab.bgp_routes(node) == others(node) | {"203.0.113.0/24"}  # the mesh is intact
+        # the password is really checked: with another one the external router gets no session back
+        conf.write_text(EXTERNAL_BIRD.replace("s3cret", "wrong"))
+        lab.sh("client", "birdc", "-s", str(ctl), "configure")
+        lab.sh("client", "birdc", "-s", str(ctl), "restart", "all")
+        time.sleep(4)
+        assert lab.sh("client", "birdc", "-s", str(ctl), "show", "protocols").count("Established") == 0
+        conf.write_text(EXTERNAL_BIRD)  # and with the right one, the same restart gets them back at once
+        lab.sh("client", "birdc", "-s", str(ctl), "configure")
+        lab.sh("client", "birdc", "-s", str(ctl), "restart", "all")
+        assert wait_for(lambda: lab.sh("client", "birdc", "-s", str(ctl), "show", "protocols").count("Established")
+                        == 3, timeout=10)
     finally:
         subprocess.run([KR, "lab", "down", "--state", str(state)], capture_output=True, text=True, timeout=60,
                        check=False)
