@@ -15,8 +15,9 @@
   reflects to, an import filter accepting exactly ``plan.accept`` and an export filter sending exactly
   ``kr_pods`` (and, on a reflector, the other nodes' pod CIDRs it reflects); next hops are BIRD's
   defaults: this node's address for its own CIDRs, the originator's kept on reflected iBGP routes; a session that failed or was closed is retried after 1 s,
-  backing off to 10 s at most (BIRD's default waits a minute or more, so a peer's BIRD restart would
-  leave its pods unreachable that long).
+  backing off to 10 s at most, and a connection the peer refused (its BIRD not configured for this node
+  yet: nodes reconfigure independently) after 5 s (BIRD's defaults wait a minute and two, so a peer's
+  restart or a topology change would leave pods unreachable that long).
 
 Invariants: pure; equal plans give byte-identical text (so the backend reloads only on a real change);
 protocol names are ``kr_`` plus the node name made an identifier plus a short hash of the name, so two node
@@ -80,7 +81,7 @@ def render_bird(plan: BgpPlan, subnet: str | None = None) -> str:
         "  reject;",
         "}",
         f"template bgp kr_peer {{ local {plan.local_address} as {plan.local_asn}; hold time {plan.hold_time};",
-        f"  neighbor port {plan.port}; local port {plan.port}; connect delay time 1; error wait time 1, 10;",
+        f"  neighbor port {plan.port}; local port {plan.port}; connect delay time 1; connect retry time 5; error wait time 1, 10;",
         "  ipv4 { import filter kr_import; export filter kr_export; };",
         "}",
     ]
@@ -95,7 +96,7 @@ def render_bird(plan: BgpPlan, subnet: str | None = None) -> str:
         password = f" password {_quoted(peer.password)};" if peer.password else ""
         lines += [f"protocol bgp {external_name(peer)} {{ local {plan.local_address} as {plan.local_asn}; "
                   f"neighbor {peer.address} port {peer.port} as {peer.asn}; {reach};{password}",
-                  f"  hold time {plan.hold_time}; connect delay time 1; error wait time 1, 10; "
+                  f"  hold time {plan.hold_time}; connect delay time 1; connect retry time 5; error wait time 1, 10; "
                   f"description \"external {peer.address}\";",
                   "  ipv4 { import filter kr_import_external; export filter kr_export_external; };", "}"]
     return "\n".join(line for line in lines if line) + "\n"

@@ -36,7 +36,7 @@ def test_an_existing_lab_id_is_refused(new_lab: LabFactory) -> None:
     lab = new_lab(pods=False)
     with pytest.raises(topology.LabExistsError):
         topology.build_network(lab.id, lab.spec)
-    assert probe(lab.host_ns("client"), "192.168.56.10", 1, "TCP", 1).error == "refused"
+    assert probe(lab.host_ns("client"), "192.168.56.10", 1, "TCP", 3).error == "refused"  # 3 s: a loaded runner
 
 
 def test_remove_pod_takes_its_namespace_and_bridge_port(new_lab: LabFactory) -> None:
