@@ -12,6 +12,8 @@ Invariants:
   changed ``kube-router.io/node.asn`` takes effect without restarting kr (kube-router reads them at start);
 - kr's restarts leave BIRD running with its sessions and routes: ``stop`` does nothing to it, only
   ``cleanup`` shuts it down and deletes the kernel routes it left (``proto bird``, metric 107);
+- while kr runs, a BIRD that died is started again within ``WATCH_INTERVAL`` with the last configuration
+  (its kernel routes stayed: ``persist``);
 - while this node's Node object is missing (or has no IPv4 address) nothing is changed.
 """
 
@@ -21,6 +23,7 @@ import base64
 import binascii
 import ipaddress
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,15 +94,41 @@ def external_peers(options: Mapping[str, Any]) -> tuple[ExternalPeer, ...]:
     return tuple(peers)
 
 
+#: How often the agent checks that its BIRD is alive (and starts it again if it is not).
+WATCH_INTERVAL = 2.0
+
+
 class BgpRouting(Backend):
     def __init__(self, context: BackendContext) -> None:
         self.settings = bgp_settings(context.config.options)
         run_root = Path(context.config.options.get("bgp_run_dir") or DEFAULT_RUN_DIR)
         self.bird = BirdDaemon(run_root / context.config.node_name)
         self._notes = Notes(log)
+        self._lock = threading.Lock()  # one of sync and the watchdog touches BIRD at a time
+        self._config: str | None = None  # what this process last handed to BIRD
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     def start(self) -> None:
         BirdDaemon.check_installed()
+        self._watchdog = threading.Thread(target=self._watch, name="bird-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def stop(self) -> None:
+        """Stop watching BIRD; BIRD itself keeps running (a kr restart must not touch BGP)."""
+        self._stopping.set()
+
+    def _watch(self) -> None:
+        """Start BIRD again, with the last configuration, when it died (a crash, an OOM kill)."""
+        while not self._stopping.wait(WATCH_INTERVAL):
+            with self._lock:
+                if self._config is None or self.bird.running():
+                    continue
+                log.error("BGP: BIRD is not running on %s; starting it again", self.bird.socket)
+                try:
+                    self.bird.apply(self._config)
+                except Exception as exc:  # noqa: BLE001 (logged; tried again at the next interval)
+                    log.error("BGP: could not start BIRD again: %s", exc)
 
     def sync(self, desired: DesiredState, *, full: bool, changed: ChangeSet) -> None:
         plan = plan_bgp(desired, self.settings)
@@ -110,13 +139,20 @@ class BgpRouting(Backend):
         with IPRoute() as ipr:
             underlay = read_underlay(ipr, plan.local_address)
         subnet = str(ipaddress.IPv4Network(underlay.network)) if underlay is not None else None
-        if self.bird.apply(render_bird(plan, subnet)):
+        config = render_bird(plan, subnet)
+        with self._lock:
+            changed = self.bird.apply(config)
+            self._config = config
+        if changed:
             log.info("BGP: %d peer(s), announcing %s", len(plan.peers), ", ".join(plan.announce) or "nothing")
         if ensure_sysctl(*IP_FORWARD):
             log.info("set sysctl %s = %s", IP_FORWARD[0].replace("/", "."), IP_FORWARD[1])
 
     def cleanup(self) -> None:
-        self.bird.stop()
+        self._stopping.set()
+        with self._lock:
+            self._config = None
+            self.bird.stop()
         with IPRoute() as ipr:
             for route in ipr.get_routes(family=2, proto=RTPROT_BIRD):
                 if route.get_attr("RTA_PRIORITY") == KERNEL_METRIC:

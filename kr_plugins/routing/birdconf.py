@@ -81,7 +81,7 @@ def render_bird(plan: BgpPlan, subnet: str | None = None) -> str:
         "  reject;",
         "}",
         f"template bgp kr_peer {{ local {plan.local_address} as {plan.local_asn}; hold time {plan.hold_time};",
-        f"  neighbor port {plan.port}; local port {plan.port}; connect delay time 1; connect retry time 5; error wait time 1, 10;",
+        f"  neighbor port {plan.port}; local port {plan.port}; connect delay time 0; connect retry time 5; error wait time 1, 10;",
         "  ipv4 { import filter kr_import; export filter kr_export; };",
         "}",
     ]
@@ -96,7 +96,7 @@ def render_bird(plan: BgpPlan, subnet: str | None = None) -> str:
         password = f" password {_quoted(peer.password)};" if peer.password else ""
         lines += [f"protocol bgp {external_name(peer)} {{ local {plan.local_address} as {plan.local_asn}; "
                   f"neighbor {peer.address} port {peer.port} as {peer.asn}; {reach};{password}",
-                  f"  hold time {plan.hold_time}; connect delay time 1; connect retry time 5; error wait time 1, 10; "
+                  f"  hold time {plan.hold_time}; connect delay time 0; connect retry time 5; error wait time 1, 10; "
                   f"description \"external {peer.address}\";",
                   "  ipv4 { import filter kr_import_external; export filter kr_export_external; };", "}"]
     return "\n".join(line for line in lines if line) + "\n"
