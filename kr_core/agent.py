@@ -107,7 +107,7 @@ class Agent:
         the datapath.
         """
         self._listen()
-        context = BackendContext(self.config, self.request_sync)
+        context = BackendContext(self.config, self.request_sync, self.metrics.registry)
         for spec in self.specs:
             try:
                 backend = spec.factory(context)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from kr_core.errors import PluginError
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from kr_core.changes import ChangeSet
     from kr_core.config import AgentConfig
     from kr_core.model import DesiredState
@@ -33,10 +35,13 @@ SLOT_ORDER = ("routing", "proxy", "firewall")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BackendContext:
-    """What a backend factory is given: the configuration and a way to ask for a sync."""
+    """What a backend factory is given: the configuration, a way to ask for a sync, and the agent's
+    Prometheus registry for the backend's own metrics (None where nothing serves /metrics, as in
+    ``kr cleanup``)."""
 
     config: AgentConfig
     request_sync: Callable[[], None]
+    registry: CollectorRegistry | None = None
 
 
 class Backend(abc.ABC):

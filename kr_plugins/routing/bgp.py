@@ -38,7 +38,14 @@ from kr_core.errors import ConfigError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.kernel.sysctl import ensure_sysctl
-from kr_plugins.routing.bgpplan import DEFAULT_CLUSTER_ASN, MAX_ASN, BgpSettings, ExternalPeer, plan_bgp
+from kr_plugins.routing.bgpmetrics import BgpCollector
+from kr_plugins.routing.bgpplan import (
+    DEFAULT_CLUSTER_ASN,
+    MAX_ASN,
+    BgpSettings,
+    ExternalPeer,
+    plan_bgp,
+)
 from kr_plugins.routing.birdconf import KERNEL_METRIC, render_bird
 from kr_plugins.routing.birddaemon import BirdDaemon
 from kr_plugins.routing.notes import Notes
@@ -103,6 +110,8 @@ class BgpRouting(Backend):
         self.settings = bgp_settings(context.config.options)
         run_root = Path(context.config.options.get("bgp_run_dir") or DEFAULT_RUN_DIR)
         self.bird = BirdDaemon(run_root / context.config.node_name)
+        if context.registry is not None:
+            context.registry.register(BgpCollector(self.bird))
         self._notes = Notes(log)
         self._lock = threading.Lock()  # one of sync and the watchdog touches BIRD at a time
         self._config: str | None = None  # what this process last handed to BIRD

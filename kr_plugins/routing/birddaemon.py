@@ -16,6 +16,7 @@ is reported as such, with the package to install.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ class BgpSession:
     state: str  # BIRD's BGP state: Established, Active, Connect, ...
     since: str
     info: str
+    imported: int = 0  # routes taken from the peer (after the import filter)
+    exported: int = 0  # routes sent to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class BirdRoute:
     via: str  # the next hop, or the route's kind (unreachable, ...) when it has none
     source: str  # the protocol it came from
     best: bool
+
+
+_ROUTE_COUNTS = re.compile(r"(\d+) imported, (\d+) exported")
 
 
 def parse_sessions(text: str) -> list[BgpSession]:
@@ -61,10 +67,12 @@ def parse_sessions(text: str) -> list[BgpSession]:
     def flush() -> None:
         if len(header) >= 5 and header[1] == "BGP":
             description = fields.get("Description", "")
+            counts = _ROUTE_COUNTS.match(fields.get("Routes", ""))
             sessions.append(BgpSession(
                 protocol=header[0], peer=description.removeprefix("node ") or header[0],
                 address=fields.get("Neighbor address", ""), asn=fields.get("Neighbor AS", ""),
-                state=fields.get("BGP state", header[3]), since=header[4], info=" ".join(header[5:])))
+                state=fields.get("BGP state", header[3]), since=header[4], info=" ".join(header[5:]),
+                imported=int(counts.group(1)) if counts else 0, exported=int(counts.group(2)) if counts else 0))
 
     for line in text.splitlines():
         if line and not line[0].isspace():

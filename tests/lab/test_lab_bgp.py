@@ -12,7 +12,8 @@
 - a node's ``kube-router.io/node.asn`` changed in the API takes effect without restarting kr: the other
   nodes' sessions to it come up with the new AS (eBGP now), and traffic still flows;
 - ``kr cleanup`` on a node stops its BIRD and removes the routes it left, and nothing else;
-- ``kr bgp peers`` and ``kr bgp routes`` on a node show its sessions and routes.
+- ``kr bgp peers`` and ``kr bgp routes`` on a node show its sessions and routes, and the agent's /metrics
+  its sessions' state and route counts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kr_lab.lab import Lab
+from kr_lab.lab import METRICS_PORT, Lab
 from kr_lab.nsenter import run_in_netns
 from kr_lab.probe import probe_matrix
 from kr_lab.state import StateDir
@@ -113,6 +114,11 @@ def test_pods_reach_each_other_over_routes_learned_by_ibgp(lab: BgpLab) -> None:
     assert table.splitlines()[0].split() == ["PREFIX", "VIA", "SOURCE", "BEST"]
     assert {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]} == {
         "10.1.1.0/24": "unreachable", "10.1.2.0/24": "192.168.56.12", "10.1.3.0/24": "192.168.56.13"}
+    # and what monitoring sees: the agent's /metrics
+    metrics = lab.sh("kube-node1", sys.executable, "-c", "import urllib.request; print(urllib.request.urlopen("
+                     f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
+    assert 'kr_bgp_peer_established{address="192.168.56.12",peer="kube-node2"} 1.0' in metrics
+    assert 'kr_bgp_routes_received{address="192.168.56.13",peer="kube-node3"} 1.0' in metrics
     elsewhere = subprocess.run([KR, "bgp", "peers", "--hostname-override", "kube-node1", "--bgp-run-dir",
                                 str(lab.state / "nowhere")], capture_output=True, text=True, timeout=30)
     assert elsewhere.returncode == 1 and "no BIRD of kr's answers" in elsewhere.stderr

@@ -188,3 +188,31 @@ def test_external_peers_from_kube_routers_flags() -> None:
                           "quote")):
         with pytest.raises(ConfigError, match=message):
             external_peers(bad)
+
+
+def test_session_metrics_come_from_birds_sessions() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kr_plugins.routing.bgpmetrics import BgpCollector
+
+    class FakeBird:
+        def __init__(self, up: bool) -> None:
+            self.up = up
+
+        def running(self) -> bool:
+            return self.up
+
+        def sessions(self) -> list:
+            return parse_sessions((GOLDEN / "birdc-show-protocols-all.txt").read_text())
+
+    registry = CollectorRegistry()
+    bird = FakeBird(True)
+    registry.register(BgpCollector(bird))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert ('kr_bgp_peer_info{address="192.168.56.12",asn="64512",peer="kube-node2",state="Established"} 1.0'
+            in text)
+    assert 'kr_bgp_peer_established{address="192.168.56.13",peer="kube-node3"} 1.0' in text
+    assert 'kr_bgp_routes_received{address="192.168.56.12",peer="kube-node2"} 1.0' in text
+    assert 'kr_bgp_routes_advertised{address="192.168.56.13",peer="kube-node3"} 1.0' in text
+    bird.up = False
+    assert "kr_bgp_peer_info{" not in generate_latest(registry).decode()

@@ -1,0 +1,38 @@
+"""Prometheus metrics of ``routing.bgp``'s sessions, read from BIRD when /metrics is scraped.
+
+Per peer (labels ``peer`` — the node's name, or the external router's address — and ``address``):
+``kr_bgp_peer_info`` (1, with ``asn`` and ``state`` as labels, as kube-router's ``bgp_peer_info`` carries
+them), ``kr_bgp_peer_established`` (1 or 0), ``kr_bgp_routes_received`` and ``kr_bgp_routes_advertised``
+(the routes taken from and sent to the peer now). Nothing is cached: each scrape asks BIRD
+(``birdc show protocols all``, a few milliseconds); while BIRD is not running the families are empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kr_plugins.routing.birddaemon import BirdDaemon
+
+
+class BgpCollector(Collector):
+    def __init__(self, bird: BirdDaemon) -> None:
+        self._bird = bird
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily("kr_bgp_peer_info", "A BGP peer of this node's speaker, with its AS and state.",
+                                 labels=["peer", "address", "asn", "state"])
+        established = GaugeMetricFamily("kr_bgp_peer_established", "1 while the session is Established.",
+                                        labels=["peer", "address"])
+        received = GaugeMetricFamily("kr_bgp_routes_received", "Routes taken from the peer.", labels=["peer", "address"])
+        advertised = GaugeMetricFamily("kr_bgp_routes_advertised", "Routes sent to the peer.", labels=["peer", "address"])
+        if self._bird.running():
+            for session in self._bird.sessions():
+                peer = [session.peer, session.address]
+                info.add_metric([*peer, session.asn, session.state], 1)
+                established.add_metric(peer, 1 if session.state == "Established" else 0)
+                received.add_metric(peer, session.imported)
+                advertised.add_metric(peer, session.exported)
+        yield from (info, established, received, advertised)
