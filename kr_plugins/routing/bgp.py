@@ -109,7 +109,7 @@ class BgpRouting(Backend):
     def __init__(self, context: BackendContext) -> None:
         self.settings = bgp_settings(context.config.options)
         run_root = Path(context.config.options.get("bgp_run_dir") or DEFAULT_RUN_DIR)
-        self.bird = BirdDaemon(run_root / context.config.node_name)
+        self.bird = BirdDaemon(run_root / context.config.node_name, self.settings.port)
         if context.registry is not None:
             context.registry.register(BgpCollector(self.bird))
         self._notes = Notes(log)

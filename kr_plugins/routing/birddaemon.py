@@ -10,7 +10,8 @@ parsers of ``birdc``'s output.
 
 Invariants: a configuration BIRD rejects is never written over the running one (the error names the
 line); kr's restarts leave BIRD and its sessions alone (the daemon is not kr's child); a missing ``bird``
-is reported as such, with the package to install.
+is reported as such, with the package to install; so is a BGP port another program already listens on
+(BIRD would start but take no session from its peers).
 """
 
 from __future__ import annotations
@@ -98,8 +99,30 @@ def parse_routes(text: str) -> list[BirdRoute]:
     return routes
 
 
+def listening_ports(proc_net_tcp: str) -> set[int]:
+    """The local ports in LISTEN state in ``/proc/net/tcp`` (or ``tcp6``) text."""
+    ports = set()
+    for line in proc_net_tcp.splitlines()[1:]:
+        words = line.split()
+        if len(words) > 3 and words[3] == "0A":  # TCP_LISTEN
+            ports.add(int(words[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def port_listened(port: int) -> bool:
+    """Whether something listens on TCP ``port`` in this network namespace (any address, v4 or v6)."""
+    found: set[int] = set()
+    for table in ("/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"):  # this thread's namespace
+        try:
+            found |= listening_ports(Path(table).read_text())
+        except FileNotFoundError:  # no IPv6 in this kernel
+            continue
+    return port in found
+
+
 class BirdDaemon:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, port: int = 179) -> None:
+        self.port = port
         self.run_dir = run_dir
         self.config = run_dir / "bird.conf"
         self.socket = run_dir / "bird.ctl"
@@ -141,6 +164,10 @@ class BirdDaemon:
         return True
 
     def _start(self) -> None:
+        if port_listened(self.port):
+            raise BirdError(f"TCP port {self.port} is already taken in this network namespace (another BGP "
+                            "daemon, Calico's BIRD say?): kr's BIRD could not take sessions from its peers; "
+                            "stop that daemon, or give kr another --bgp-port")
         self.socket.unlink(missing_ok=True)  # a stale socket of a BIRD that died
         run(["bird", "-c", str(self.config), "-s", str(self.socket), "-P", str(self.pid_file)])
         deadline = time.monotonic() + STARTUP_TIMEOUT
