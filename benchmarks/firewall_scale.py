@@ -279,6 +279,16 @@ def in_ns(ns: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 # ---------------------------------------------------------------- measurement
 
 
+def report(table_text: str, result: dict[str, Any], json_path: Path | None) -> int:
+    """Print a benchmark's result table, and write its whole result as JSON when asked."""
+    print()
+    print(table_text)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, default=str))
+        print(f"\nJSON: {json_path}")
+    return 0
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (p99 of 50 samples is the largest but none)."""
     if not values:
@@ -667,12 +677,7 @@ def main() -> int:
     global POLL_INTERVAL
     POLL_INTERVAL = args.poll_interval
     result = run(args)
-    print()
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-        print(f"\nJSON: {args.json}")
-    return 0
+    return report(table(result), result, args.json)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from firewall_scale import (  # importing it also puts the repository on sys.pat
     in_ns,
     make_node,
     pct,
+    report,
     run_cmd,
     snapshot_of,
     stop_process,
@@ -1090,12 +1091,7 @@ def main() -> int:
     global POLL_INTERVAL
     POLL_INTERVAL = args.poll_interval
     result = run(args)
-    print()
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-        print(f"\nJSON: {args.json}")
-    return 0
+    return report(table(result), result, args.json)
 
 
 if __name__ == "__main__":
