@@ -264,11 +264,13 @@ for _name, _target in plugin_commands().items():  # plugins' own commands (entry
 @main.command()
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (remove it with `kr lab down`).")
 @click.option("--state", "state_path", default=".kr-demo", show_default=True, type=click.Path(file_okay=False))
-def demo(keep: bool, state_path: str) -> None:
+@click.option("--routing", type=click.Choice(["static", "bgp"]), default="static", show_default=True,
+              help="Route pod CIDRs with routing.static or with routing.bgp (BIRD, iBGP full mesh).")
+def demo(keep: bool, state_path: str, routing: str) -> None:
     """Bring up the seed's cluster in namespaces and show pods reaching each other across nodes."""
     from kr_lab.demo import run_demo
 
-    run_demo(state_path, keep)
+    run_demo(state_path, keep, routing)
 
 
 @main.command()

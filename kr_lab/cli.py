@@ -228,6 +228,57 @@ def render_matrix(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``key=value`` items of a repeatable option as a mapping."""
+    if bad := [value for value in values if "=" not in value]:
+        raise click.BadParameter(f"{', '.join(bad)}: expected key=value", param_hint=option)
+    return dict(value.split("=", 1) for value in values)
+
+
+@lab.group(name="node")
+def node_group() -> None:
+    """Add a node to the running lab, or remove one (a machine joining or leaving the cluster)."""
+
+
+@node_group.command(name="add")
+@state_option
+@click.argument("name")
+@click.option("--ip", required=True, help="The node's address on its LAN.")
+@click.option("--pod-cidr", help="Its pod CIDR (default: the next free /24 of the spec's clusterCIDR).")
+@click.option("--lan", help="Its LAN (default: the spec's first).")
+@click.option("--label", "labels", multiple=True, help="A label of its Node object, key=value (repeatable).")
+@click.option("--annotation", "annotations", multiple=True, help="An annotation, key=value (repeatable).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for its agent's first sync and for every agent to sync its Node.")
+def node_add(state_path: str, name: str, ip: str, pod_cidr: str | None, lan: str | None, labels: tuple[str, ...],
+             annotations: tuple[str, ...], timeout: float) -> None:
+    """Add node NAME: its namespace on the LAN, its Node object, its agent; return once every agent has synced it.
+
+    Put pods on it with `kr lab apply` (a Pod whose spec.nodeName is NAME).
+    """
+    try:
+        host = _lab(state_path, timeout).add_node(name, ip, pod_cidr, lan, _pairs(labels, "--label"),
+                                                  _pairs(annotations, "--annotation"), timeout)
+    except KrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added node {host.name}: {host.ip} on {host.lan}, pod CIDR {host.pod_cidr}")
+
+
+@node_group.command(name="remove")
+@state_option
+@click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Return without waiting for the other agents to sync the removal.")
+@click.option("--timeout", "barrier_timeout", default=30.0, show_default=True,
+              help="Seconds to wait for the other agents to sync the removal.")
+def node_remove(state_path: str, name: str, no_wait: bool, barrier_timeout: float) -> None:
+    """Remove node NAME with its pods: API objects, namespaces, agent and everything else running there."""
+    try:
+        _lab(state_path, barrier_timeout).remove_node(name, wait=not no_wait)
+    except KrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"removed node {name}")
+
+
 @lab.group()
 def agent() -> None:
     """Stop or start a node's agent (to test restarts and failures)."""

@@ -1,15 +1,21 @@
 """``kr demo``: the blog post's walkthrough on this machine, in network namespaces.
 
 It brings up the default lab (kube-master, kube-node1..3, pods on every node, a real ``kr run`` per node
-with the backends that exist), then applies the walkthrough's steps and prints a reachability table
-after each: pod to pod across nodes, and a Service as the cluster sees it. It tears everything down at
-the end unless ``--keep`` is given, also when interrupted.
+with the backends that exist, routing by ``routing.static`` or, with ``--routing bgp``, ``routing.bgp``),
+then applies the walkthrough's steps and prints a reachability table after each: pod to pod across
+nodes, and a Service as the cluster sees it. It tears everything down at the end unless ``--keep`` is
+given, also when interrupted.
+
+Invariant: a table is printed only once the routing it shows is in place (with BGP, once every node's
+BIRD has put the other nodes' pod CIDRs into its kernel), so every table shows a settled state.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,15 +23,18 @@ import yaml
 
 from kr_core.errors import KrError
 from kr_core.plugins import installed_plugins
+from kr_lab import netns
 from kr_lab.cli import render_matrix
 from kr_lab.lab import KR, Lab
 from kr_lab.spec import DEFAULT_SPEC_TEXT
-from kr_lab.state import StateDir
+from kr_lab.state import LabError, StateDir
 
 #: connections each pod makes to the Service in the demo's Service step
 SERVICE_PROBES = 6
-#: the backends the demo runs when installed, in datapath order
-DEMO_PLUGINS = ("routing.static", "proxy.iptables", "firewall.iptables")
+#: the backends the demo runs after the routing one when installed, in datapath order
+SERVICE_PLUGINS = ("proxy.iptables", "firewall.iptables")
+#: seconds the BGP mesh gets to (re)converge before the demo gives up
+BGP_TIMEOUT = 60.0
 
 SCALE = {"apiVersion": "v1", "kind": "Pod",
          "metadata": {"namespace": "backend", "name": "api-3", "labels": {"app": "api"}},
@@ -56,8 +65,10 @@ def show_matrix(lab: Lab) -> None:
     click.echo(f"(each pod probed on its first declared port; {len(rows)} probes in {(time.monotonic() - started) * 1000:.0f} ms)")
 
 
-def run_demo(state_path: str, keep: bool) -> None:
-    plugins = installed(DEMO_PLUGINS)
+def run_demo(state_path: str, keep: bool, routing: str = "static") -> None:
+    plugins = installed((f"routing.{routing}", *SERVICE_PLUGINS))
+    if f"routing.{routing}" not in plugins:
+        raise click.ClickException(f"routing.{routing} is not installed")
     state_dir = StateDir(state_path)
     if state_dir.exists():
         Lab.down(state_dir)
@@ -68,19 +79,21 @@ def run_demo(state_path: str, keep: bool) -> None:
         status = lab.status()
         for node in status["nodes"]:
             click.echo(f"  {node['name']}: {node['ip']}, pod CIDR {node['podCIDR']}, agent {node['agent']}")
-        step(2, "pod-to-pod reachability across nodes (routes to every node's pod CIDR come from kr)")
+        if routing == "bgp":
+            _wait_bgp(lab, "every node's BIRD peers with the others (iBGP full mesh) and installs their pod CIDRs")
+            step(2, "pod-to-pod reachability across nodes over routes learned by BGP; kube-node1's sessions and routes")
+            _show_bgp(lab, "kube-node1")
+        else:
+            step(2, "pod-to-pod reachability across nodes (routes to every node's pod CIDR come from kr)")
         show_matrix(lab)
 
-        if "routing.static" in plugins:
+        if routing == "bgp":
+            step(3, "stop kr on kube-node3 (its BIRD goes on routing), then remove what kr programmed there "
+                    "(kr cleanup): kube-node3's pods are cut off; start kr again")
+            _restart_bgp(lab, "kube-node3")
+        else:
             step(3, "stop kr on kube-node3 and remove what it programmed (kr cleanup): kube-node3's pods are cut off")
-            lab.stop_agent("kube-node3")
-            subprocess.run(["ip", "netns", "exec", lab.netns_of("kube-node3"), KR, "cleanup", "--plugins", "routing.static"],
-                           check=True, capture_output=True)
-            show_matrix(lab)
-            click.echo("  start kr on kube-node3 again:")
-            lab.start_agent("kube-node3")
-            lab.wait_agents_ready(30, ["kube-node3"])
-            show_matrix(lab)
+            _restart_static(lab, "kube-node3")
 
         step(4, "scale backend/api: a third api pod starts on kube-node1 and is reachable from every node at once")
         lab.apply([SCALE])
@@ -115,6 +128,77 @@ def run_demo(state_path: str, keep: bool) -> None:
             click.secho("\nTearing the lab down.", bold=True)
             if state_dir.exists():
                 Lab.down(state_dir)
+
+
+# --- step 3 per routing backend
+
+
+def _restart_static(lab: Lab, node: str) -> None:
+    lab.stop_agent(node)
+    lab.cleanup_agent(node, ["routing.static"])
+    show_matrix(lab)
+    click.echo(f"  start kr on {node} again:")
+    lab.start_agent(node)
+    lab.wait_agents_ready(30, [node])
+    show_matrix(lab)
+
+
+def _restart_bgp(lab: Lab, node: str) -> None:
+    click.echo(f"  stopping kr alone leaves {node}'s BIRD running with its sessions and routes; nothing is cut off:")
+    lab.stop_agent(node)
+    show_matrix(lab)
+    cidr = lab.state.hosts[node].pod_cidr
+    click.echo(f"  kr cleanup --plugins routing.bgp on {node} stops its BIRD: the other nodes withdraw {cidr}")
+    lab.cleanup_agent(node, ["routing.bgp"])
+    _wait_routes(lab, lambda other, routes: other == node or cidr not in routes,
+                 f"the other nodes still route {cidr} after {node}'s BIRD stopped")
+    _show_bgp(lab, "kube-node1", routes=False)
+    show_matrix(lab)
+    click.echo(f"  start kr on {node} again: it starts its BIRD and the sessions come back")
+    lab.start_agent(node)
+    lab.wait_agents_ready(30, [node])
+    _wait_bgp(lab, "the mesh is whole again")
+    show_matrix(lab)
+
+
+# --- BGP
+
+
+def _bgp_routes(lab: Lab, node: str) -> set[str]:
+    """The prefixes BIRD has put into ``node``'s kernel."""
+    routes = json.loads(netns.ip("-j", "-4", "route", "show", "proto", "bird", netns=lab.netns_of(node)) or "[]")
+    return {route["dst"] for route in routes}
+
+
+def _wait_routes(lab: Lab, done: Callable[[str, set[str]], bool], failure: str) -> float:
+    """Wait until ``done(node, its BGP routes)`` holds on every node; return the seconds it took."""
+    started = time.monotonic()
+    while not all(done(host.name, _bgp_routes(lab, host.name)) for host in lab.spec.nodes):
+        if time.monotonic() - started > BGP_TIMEOUT:
+            raise LabError(f"{failure} ({BGP_TIMEOUT:g}s); see the agents' logs in {lab.dir.logs}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _wait_bgp(lab: Lab, what: str) -> None:
+    """Wait until every node routes every other node's pod CIDR over BGP."""
+    cidrs = {host.name: str(host.pod_cidr) for host in lab.spec.nodes}
+    took = _wait_routes(lab, lambda node, routes: routes >= {c for n, c in cidrs.items() if n != node},
+                        "the BGP mesh did not converge")
+    click.echo(f"  {what}: {took:.1f}s")
+
+
+def _show_bgp(lab: Lab, node: str, routes: bool = True) -> None:
+    """What an operator sees on ``node``: ``kr bgp peers`` (and ``kr bgp routes``)."""
+    for command in ("peers", "routes") if routes else ("peers",):
+        argv = [KR, "bgp", command, "--hostname-override", node, "--bgp-run-dir", str(lab.dir.bgp_run_dir)]
+        done = subprocess.run(["ip", "netns", "exec", lab.netns_of(node), *argv], capture_output=True, text=True,
+                              check=False)
+        click.echo(f"  {node}$ kr bgp {command}")
+        click.echo("\n".join(f"    {line}" for line in (done.stdout or done.stderr).rstrip().splitlines()))
+
+
+# --- the Service step
 
 
 def _show_service(lab: Lab) -> str:

@@ -11,7 +11,9 @@ Invariants:
 - a write returns only after the barrier: the master's controllers have handled it and every agent
   reports (``/healthz`` ``syncedResourceVersions``) that a completed sync includes it;
 - ``down`` needs only the lab id, so it also removes labs whose processes were killed or whose
-  build failed halfway.
+  build failed halfway;
+- a node joins a running lab (``add_node``) as ``up`` builds one, recorded in the state before its
+  namespace exists, and is removed again if it cannot join; ``remove_node`` takes it out with its pods.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +44,15 @@ from kr_lab import cluster, topology
 from kr_lab.kubeconfig import write_kubeconfig
 from kr_lab.nsenter import run_in_netns
 from kr_lab.probe import ProbeResult, probe, probe_matrix
-from kr_lab.spec import LabSpec, PodSpec, SpecError, parse_spec
+from kr_lab.spec import (
+    Host,
+    LabSpec,
+    PodSpec,
+    SpecError,
+    parse_spec,
+    with_node,
+    without_node,
+)
 from kr_lab.state import HostRecord, LabError, LabState, PodRecord, StateDir
 
 API_PORT = 6443
@@ -177,12 +188,20 @@ class Lab:
         argv = [KR, "run", "--plugins", ",".join(self.state.plugins), "--kubeconfig", str(self.dir.kubeconfig),
                 "--hostname-override", node, "--healthz-bind-address", f"127.0.0.1:{HEALTHZ_PORT}",
                 "--metrics-bind-address", f"127.0.0.1:{METRICS_PORT}", "--min-sync-period", "0.1",
-                *self._backend_args(), *self.state.agent_args]
+                *self._backend_args(self.state.plugins), *self.state.agent_args]
         self._spawn(host.netns, f"agent-{node}", argv)
 
-    def _backend_args(self) -> list[str]:
+    def cleanup_agent(self, node: str, plugins: Sequence[str]) -> None:
+        """Run ``kr cleanup`` of ``plugins`` on ``node`` (its agent stopped): what they programmed there goes."""
+        argv = [KR, "cleanup", "--plugins", ",".join(plugins), "--hostname-override", node, *self._backend_args(plugins)]
+        done = subprocess.run(["ip", "netns", "exec", self._node(node).netns, *argv], capture_output=True, text=True,
+                              env=_lab_env(), check=False)
+        if done.returncode != 0:
+            raise LabError(f"kr cleanup on {node} failed: {done.stderr.strip() or done.returncode}")
+
+    def _backend_args(self, plugins: Sequence[str]) -> list[str]:
         """Per-lab places for backends that keep files: the lab's nodes share one file system."""
-        return ["--bgp-run-dir", str(self.dir.path / "bgp")] if "routing.bgp" in self.state.plugins else []
+        return ["--bgp-run-dir", str(self.dir.bgp_run_dir)] if "routing.bgp" in plugins else []
 
     def stop_agent(self, node: str, kill: bool = False) -> None:
         """Stop ``node``'s agent (SIGTERM, or SIGKILL with ``kill``) and wait until it is gone."""
@@ -234,6 +253,81 @@ class Lab:
                 return False
 
             _wait(ready, timeout, lambda: f"the agent on {node} did not finish its first sync in {timeout:g}s; see {log}")
+
+    # --- nodes joining and leaving the running lab
+
+    def add_node(self, name: str, ip: str, pod_cidr: str | None = None, lan: str | None = None,
+                 labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None,
+                 timeout: float = 60.0) -> Host:
+        """Add node ``name`` to the running lab as ``up`` builds one: its namespace on its LAN (the spec's
+        first by default), its Node object (pod CIDR allocated from clusterCIDR when not given), its agent
+        with the lab's plugins and agent arguments. Returns once that agent has finished its first sync and
+        every agent has synced the Node; a node that cannot join is removed again. Pods come with ``apply``.
+        """
+        entry = {"name": name, "ip": ip, "lan": lan, "podCIDR": pod_cidr, "labels": labels, "annotations": annotations}
+        with self.dir.locked():
+            self._reload()
+            try:
+                document, host = with_node(self.state.spec, {k: v for k, v in entry.items() if v is not None})
+            except SpecError as exc:
+                raise LabError(f"cannot add node {name}: {exc}") from exc
+            self.state.spec, self.spec = document, parse_spec(document)
+            self.state.hosts[name] = HostRecord(name, "node", str(host.ip), topology.host_ns(self.state.lab_id, name),
+                                                str(host.pod_cidr))
+            self.dir.save(self.state)  # first: whatever fails next, `remove_node` and `down` find it
+            try:
+                topology.add_host(self.state.lab_id, self.spec, host)
+                revision = self._write(cluster.node(name, str(host.ip), str(host.pod_cidr), host.labels, host.annotations))
+                self.start_agent(name)
+            except BaseException:
+                self._drop_node(name)
+                raise
+        try:
+            self.wait_agents_ready(timeout, [name])
+            self.barrier(revision)
+        except BaseException:
+            self.remove_node(name, wait=False)
+            raise
+        return host
+
+    def remove_node(self, name: str, wait: bool = True) -> None:
+        """Take node ``name`` out of the running lab: its pods (objects and namespaces), its Node object, its
+        namespace with everything running there (agent, BIRD) and its backends' files. Returns once every
+        remaining agent has synced the removal, unless not ``wait``."""
+        with self.dir.locked():
+            self._reload()
+            self._node(name)
+            if len(self.spec.nodes) == 1:
+                raise LabError(f"{name} is the lab's last node; take the lab down instead (`kr lab down`)")
+            self._drop_node(name)
+            revision = self._master_revision()
+        if wait:
+            self.barrier(revision)
+
+    def _drop_node(self, name: str) -> None:
+        """Remove node ``name`` and its pods (from the API, the network and the state); hold the lock."""
+        for key, pod in [(key, pod) for key, pod in self.state.pods.items() if pod.node == name]:
+            self._delete_if_present("Pod", pod.name, pod.namespace)
+            self._stop_pod(key)
+        self._delete_if_present("Node", name)
+        topology.remove_host(self.state.lab_id, name)
+        shutil.rmtree(self.dir.bgp_run_dir / name, ignore_errors=True)
+        self.state.spec = without_node(self.state.spec, name)
+        self.spec = parse_spec(self.state.spec)
+        del self.state.hosts[name]
+        self.dir.save(self.state)
+
+    def _delete_if_present(self, kind: str, name: str, namespace: str = "") -> None:
+        try:
+            self._call(kind, "delete", name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise LabError(f"{kind} {namespace}/{name}: {_reason(exc)}") from exc
+
+    def _reload(self) -> None:
+        """Read the state again (another command may have changed it); call it holding the state lock."""
+        self.state = self.dir.load()
+        self.spec = parse_spec(self.state.spec)
 
     # --- API access (from the master's namespace)
 
@@ -340,7 +434,7 @@ class Lab:
         then wait at the barrier for the newest version."""
         revision, count = 0, 0
         with self.dir.locked():
-            self.state = self.dir.load()
+            self._reload()
             try:
                 for obj in documents:
                     _check_object(obj)

@@ -3,6 +3,7 @@
 A spec names the LANs the hosts sit on, the master, the nodes (IP, pod CIDR, labels, annotations), the
 external hosts, the namespaces and the pods with the ports they serve. ``DEFAULT_SPEC`` is the blog
 post's cluster. Parsing is pure; every mistake is reported as ``SpecError`` with the path of the field.
+``with_node`` and ``without_node`` give the document of a running lab that a node joins or leaves.
 
 Invariants of a parsed ``LabSpec``:
 - every host's IP lies in its LAN's subnet and is unique; the router (when there are several LANs) owns
@@ -173,6 +174,37 @@ def parse_spec(data: Any) -> LabSpec:
     pods = tuple(_pod(item, f"pods[{i}]", node_names, namespaces) for i, item in enumerate(_list(doc.get("pods"), "pods")))
     _unique([p.key for p in pods], "pods")
     return LabSpec(tuple(lans), master, tuple(nodes), externals, namespaces, pods, service_cidr, cluster_cidr)
+
+
+# --- a running lab's nodes
+
+
+def with_node(data: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple[dict[str, Any], Host]:
+    """The spec document ``data`` with node ``entry`` (a ``nodes[]`` item) added, and the node as parsed.
+
+    Every node's pod CIDR is written into the new document (the new node's allocated from clusterCIDR
+    when ``entry`` gives none), so adding or removing a node never moves another node's CIDR.
+    """
+    doc = _pinned(data)
+    doc["nodes"].append(dict(entry))
+    node = parse_spec(doc).nodes[-1]
+    doc["nodes"][-1]["podCIDR"] = str(node.pod_cidr)
+    return doc, node
+
+
+def without_node(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The spec document ``data`` without node ``name`` and the pods it declares on it (pod CIDRs pinned)."""
+    doc = _pinned(data)
+    doc["nodes"] = [entry for entry in doc["nodes"] if entry.get("name") != name]
+    doc["pods"] = [pod for pod in doc.get("pods") or [] if pod.get("node") != name]
+    parse_spec(doc)
+    return doc
+
+
+def _pinned(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` in which every node states its pod CIDR (allocated ones included)."""
+    spec = parse_spec(data)
+    return {**data, "nodes": [{**entry, "podCIDR": str(node.pod_cidr)} for entry, node in zip(data["nodes"], spec.nodes)]}
 
 
 # --- field parsers

@@ -7,6 +7,10 @@ Layout of ``--state DIR``::
     kubeconfig    for the agents and for operators (the API listens inside the master namespace)
     logs/         master.log, agent-<node>.log, pod-<namespace>-<name>.log
     master.port   written by the master process once it listens
+    bgp/          routing.bgp's ``--bgp-run-dir``: a directory per node (BIRD's configuration and socket)
+
+``lab.json``'s spec is the lab as it is now: a node added to the running lab (``kr lab node add``) is
+in it, and one removed is not; ``spec.yaml`` stays what ``kr lab up`` was given.
 
 Invariants: ``lab.json`` is written atomically (write then rename) and first of all, before anything is
 built, so ``kr lab down`` can always find the lab id and remove a half-built lab; mutating commands hold
@@ -101,6 +105,10 @@ class StateDir:
     def master_port_file(self) -> Path:
         return self.path / "master.port"
 
+    @property
+    def bgp_run_dir(self) -> Path:
+        return self.path / "bgp"
+
     def exists(self) -> bool:
         return self.state_file.exists()
 
@@ -115,8 +123,9 @@ class StateDir:
         """Delete the files the lab made (nothing else), then the directory if it is empty."""
         for name in ("lab.json", "lab.tmp", "spec.yaml", "kubeconfig", "master.port", "master.port.tmp", ".lock"):
             (self.path / name).unlink(missing_ok=True)
-        if self.logs.exists():
-            shutil.rmtree(self.logs)
+        for directory in (self.logs, self.bgp_run_dir):
+            if directory.exists():
+                shutil.rmtree(directory)
         try:
             self.path.rmdir()
         except OSError:

@@ -3,7 +3,8 @@
 Names (the rest of the lab finds everything by them, so they are the contract):
 - ``kr<id>-`` prefixes every namespace of lab ``<id>`` (4 lowercase hex chars); nothing else is named so;
 - ``kr<id>-sw`` is the switch: one bridge ``br<i>`` per LAN (``i`` = the LAN's index in the spec, alias =
-  the LAN's name) and a port ``h<j>`` per host (``j`` = index in ``spec.hosts``), ``r<i>`` per router leg;
+  the LAN's name), a port ``h<8 hex of sha256(host name)>`` per host (named after the host, not its place
+  in the spec, so hosts can join and leave a running lab) and ``r<i>`` per router leg;
 - ``kr<id>-rt`` is the router, only when there are 2+ LANs: ``eth<i>`` on LAN ``i`` with the LAN's first
   host address, forwarding on;
 - ``kr<id>-h-<host>`` is the master, a node or an external host: ``eth0`` on its LAN, a default route via
@@ -19,7 +20,8 @@ Invariants:
 - ``teardown`` needs only the lab id: it finds namespaces (and ``/etc/netns`` leftovers) by prefix, kills
   every process in them and deletes them, so it also cleans a lab whose state or processes are gone;
 - ``add_pod`` returns only once the pod's server listens on every port it can serve; ``remove_pod``
-  returns once the pod's bridge port is gone, so the pod can be added again at once.
+  returns once the pod's bridge port is gone, so the pod can be added again at once; ``add_host`` and
+  ``remove_host`` do the same for a host joining or leaving a running lab (its switch port).
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def pod_ns(lab_id: str, namespace: str, pod_name: str) -> str:
     return _fit(f"{lab_prefix(lab_id)}p-{namespace}-{pod_name}")
 
 
+def switch_port(host_name: str) -> str:
+    """A host's port on the switch: stable, unique per host name, 9 characters."""
+    return "h" + hashlib.sha256(host_name.encode()).hexdigest()[:8]
+
+
 def pod_veth(namespace: str, pod_name: str) -> str:
     """The pod's veth end in its node namespace: stable, unique per pod key, 12 characters."""
     return "veth" + hashlib.sha256(f"{namespace}/{pod_name}".encode()).hexdigest()[:8]
@@ -104,7 +111,6 @@ def build_network(lab_id: str, spec: LabSpec) -> None:
     prefix = lab_prefix(lab_id)
     if existing := netns.list_namespaces(prefix):
         raise LabExistsError(f"lab {lab_id} already has namespaces: {', '.join(existing)}")
-    lan_index = {lan.name: i for i, lan in enumerate(spec.lans)}
     sw = switch_ns(lab_id)
     netns.create(sw)
     netns.set_sysctls(sw, SWITCH_SYSCTLS)
@@ -122,16 +128,37 @@ def build_network(lab_id: str, spec: LabSpec) -> None:
                         for line in (f"addr add {spec.router_ip(lan.name)}/{lan.subnet.prefixlen} dev eth{i}",
                                      f"link set eth{i} up")), rt)
         netns.set_sysctls(rt, {"net.ipv4.ip_forward": 1})
-    for j, host in enumerate(spec.hosts):
-        _add_host(lab_id, spec, host, f"h{j}")
-        switch_ports.append(f"link set h{j} master br{lan_index[host.lan]} up")
+    for host in spec.hosts:
+        _make_host(lab_id, spec, host)
+        switch_ports.append(_plug_line(spec, host))
     netns.ip_batch(switch_ports, sw)
 
 
-def _add_host(lab_id: str, spec: LabSpec, host: Host, switch_port: str) -> None:
+def add_host(lab_id: str, spec: LabSpec, host: Host) -> None:
+    """Create ``host`` (one of ``spec``'s hosts) in the running lab and plug it into its LAN.
+
+    On failure nothing of it is left; a host whose namespace exists already is refused before anything changes.
+    """
+    if (ns := host_ns(lab_id, host.name)) in netns.list_namespaces(ns):
+        raise LabError(f"{host.name} exists already in lab {lab_id} ({ns})")
+    try:
+        _make_host(lab_id, spec, host)
+        netns.ip_batch([_plug_line(spec, host)], switch_ns(lab_id))
+    except BaseException:
+        remove_host(lab_id, host.name)
+        raise
+
+
+def _plug_line(spec: LabSpec, host: Host) -> str:
+    """The switch's ``ip`` line that puts ``host``'s port on its LAN's bridge."""
+    index = next(i for i, lan in enumerate(spec.lans) if lan.name == host.lan)
+    return f"link set {switch_port(host.name)} master br{index} up"
+
+
+def _make_host(lab_id: str, spec: LabSpec, host: Host) -> None:
     ns = host_ns(lab_id, host.name)
     netns.create(ns)
-    netns.add_veth(ns, "eth0", switch_ns(lab_id), switch_port)
+    netns.add_veth(ns, "eth0", switch_ns(lab_id), switch_port(host.name))
     lines = [f"addr add {host.ip}/{spec.lan(host.lan).subnet.prefixlen} dev eth0", "link set eth0 up"]
     if (router := spec.router_ip(host.lan)) is not None:
         lines.append(f"route add default via {router}")
@@ -189,14 +216,23 @@ def add_pod(lab_id: str, spec: LabSpec, pod: PodSpec, ip: ipaddress.IPv4Address,
 
 def remove_pod(lab_id: str, namespace: str, pod_name: str) -> None:
     """Kill the pod's processes, delete its veth (and so its bridge port) and its namespace."""
-    name = pod_ns(lab_id, namespace, pod_name)
+    _remove_namespace(pod_ns(lab_id, namespace, pod_name))
+
+
+def remove_host(lab_id: str, host_name: str) -> None:
+    """Kill the host's processes, delete its link to the switch (so its switch port is gone at once) and
+    its namespace. Its pods must have been removed first: their node ends of the veths live in it."""
+    _remove_namespace(host_ns(lab_id, host_name))
+
+
+def _remove_namespace(name: str) -> None:
     netns.kill_all([name])
-    # The kernel frees a deleted namespace's links lazily; deleting eth0 first frees the node's end now,
-    # so the same pod can be added again at once.
+    # The kernel frees a deleted namespace's links lazily; deleting eth0 first frees the other end now,
+    # so the same pod or host can be added again at once.
     try:
         netns.ip("link", "del", "eth0", netns=name)
     except netns.IPError:
-        pass  # a half-made pod without eth0, or no namespace at all
+        pass  # half-made, without eth0, or no namespace at all
     netns.delete([name])
 
 
