@@ -3,8 +3,9 @@
 Role: decide, without any API write, everything a node needs to reach a peer through the overlay. A
 peer's VTEP MAC is derived from its node IP (``vtep_mac``) and its VTEP address is the network address
 of its pod CIDR (``vtep_address``), so every node computes every peer's neighbour and FDB entries from
-the Node objects alone. Routing backends (``routing.static`` now, ``routing.bgp`` later) share these
-options and records; ``kr_plugins.routing.vxlan`` programs them.
+the Node objects alone. Both routing backends (``routing.static``, and ``routing.bgp`` for nodes outside
+its subnet) share these options and records; ``kr_plugins.routing.vxlan`` programs them
+(through ``kr_plugins.routing.programmer``).
 
 Invariants:
 - pure: nothing here touches the kernel;

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kr_core.model import DesiredState, Node
 from kr_plugins.routing.egress import EgressPlan
@@ -55,6 +55,15 @@ class RoutingPlan:
     @property
     def routes(self) -> tuple[Route, ...]:
         return self.direct + self.overlay_routes
+
+    @property
+    def overlaid(self) -> tuple[str, ...]:
+        """The pod CIDRs the overlay carries (no other route to them may be installed)."""
+        return tuple(route.dst for route in self.overlay_routes)
+
+    def without_direct(self) -> RoutingPlan:
+        """This plan for a backend that routes the nodes in this subnet itself (``routing.bgp``: BIRD)."""
+        return replace(self, direct=())
 
 
 def node_ipv4(node: Node) -> str | None:

@@ -4,7 +4,8 @@ Every other node's pod CIDR is routed via that node's IP when the IP lies in thi
 through the VXLAN overlay (``kr-vxlan``) when it does not (or always, with ``--overlay-type full``). Routes
 carry kr's route protocol (``ip route show proto 107``). It also sets ``net.ipv4.ip_forward`` and the
 overlay device's ``rp_filter``, and masquerades pod traffic leaving the cluster (``--enable-pod-egress``).
-See docs/routing.md.
+The plan is ``plan.plan_routes``'; ``programmer.RoutingProgrammer`` applies it (``routing.bgp`` uses both
+too, for its nodes outside the subnet). See docs/routing.md.
 
 Invariants:
 - level-triggered: each sync plans from the whole desired state (``changed`` is ignored; planning is
@@ -23,47 +24,37 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-import click
 from pyroute2 import IPRoute
 
 from kr_core.backends import Backend, BackendContext, BackendSpec
 from kr_core.changes import ChangeSet
 from kr_core.config import OptionRegistry
-from kr_core.errors import KrError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
-from kr_plugins.kernel.sysctl import ensure_sysctl
-from kr_plugins.routing.egress import PodEgress
 from kr_plugins.routing.notes import Notes
-from kr_plugins.routing.overlay import DEVICE, overlay_options, overlay_settings
-from kr_plugins.routing.plan import RoutingPlan, RoutingSettings, node_ipv4, plan_routes
-from kr_plugins.routing.routes import RouteTable, read_underlay
-from kr_plugins.routing.vxlan import VxlanOverlay
+from kr_plugins.routing.plan import node_ipv4, plan_routes
+from kr_plugins.routing.programmer import (
+    RoutingError,
+    RoutingProgrammer,
+    add_routing_options,
+    routing_settings,
+)
+from kr_plugins.routing.routes import read_underlay
 
 log = logging.getLogger(__name__)
 
 NAME = "routing.static"
 
-
-class RoutingError(KrError):
-    """The node's routing could not be (fully) programmed."""
-
-
-def routing_settings(options: Mapping[str, Any]) -> RoutingSettings:
-    """The backend's settings from parsed options (their Python names), defaulting what is absent."""
-    return RoutingSettings(overlay=overlay_settings(options),
-                           enable_pod_egress=bool(options.get("enable_pod_egress", True)))
+# RoutingError and routing_settings live in programmer.py (shared with routing.bgp); kept importable here
+__all__ = ["NAME", "RoutingError", "StaticRouting", "routing_settings"]
 
 
 class StaticRouting(Backend):
     def __init__(self, context: BackendContext) -> None:
         self.settings = routing_settings(context.config.options)
-        self.routes = RouteTable()
-        self.overlay = VxlanOverlay()
-        self.egress = PodEgress()
+        self.programmer = RoutingProgrammer()  # shared with routing.bgp
         self._notes = Notes(log)
 
     def sync(self, desired: DesiredState, *, full: bool, changed: ChangeSet) -> None:
@@ -79,56 +70,19 @@ class StaticRouting(Backend):
                                    "namespace: run kr in the node's namespace, or fix the node's InternalIP")
             plan = plan_routes(desired, underlay, self.settings)
             self._notes.tell(plan.notes)
-            failures = self._apply(ipr, plan, full)
+            failures = self.programmer.apply(ipr, plan, full)
         if failures:
             raise RoutingError(f"{len(failures)} routing failure(s): {'; '.join(failures)}")
 
-    def _apply(self, ipr: IPRoute, plan: RoutingPlan, full: bool) -> list[str]:
-        failures = []
-        try:  # the device and its peers first: overlay routes need them
-            dropped, peer_failures = self.overlay.sync(ipr, plan.overlay, full)
-            failures += peer_failures
-        except Exception as exc:  # a failure here must not stop direct routes or egress
-            dropped = True  # the device may be gone: no longer trust the routes through it
-            failures.append(f"overlay device {DEVICE}: {exc}")
-        if dropped:
-            self.routes.forget_device(DEVICE)
-        for key, value in plan.sysctls:
-            try:
-                if ensure_sysctl(key, value):
-                    log.info("set sysctl %s = %s", key.replace("/", "."), value)
-            except OSError as exc:
-                failures.append(f"sysctl {key}: {exc}")
-        failures += self.routes.sync(ipr, plan.routes, full)
-        try:
-            self.egress.sync(plan.egress, full)
-        except Exception as exc:  # reported with the others, so the sync is retried as a full one
-            failures.append(f"pod egress: {exc}")
-        return failures
-
     def cleanup(self) -> None:
-        failures = []
-        try:
-            self.egress.cleanup()
-        except Exception as exc:  # still remove the routes and the device
-            failures.append(f"pod egress: {exc}")
-        with IPRoute() as ipr:
-            try:
-                self.overlay.sync(ipr, None, full=True)
-            except Exception as exc:  # still remove the routes
-                failures.append(f"overlay device {DEVICE}: {exc}")
-            failures += self.routes.sync(ipr, (), full=True)
+        failures = self.programmer.cleanup()
         if failures:
             raise RoutingError(f"cleanup incomplete: {'; '.join(failures)}")
 
 
 @hookimpl
 def kr_add_options(options: OptionRegistry) -> None:
-    for option in overlay_options():
-        options.add(option)
-    options.add(click.Option(
-        ["--enable-pod-egress"], type=click.BOOL, is_flag=False, flag_value=True, default=True, show_default=True,
-        help="Masquerade traffic from this node's pods to destinations outside every pod CIDR."))
+    add_routing_options(options)  # shared with routing.bgp: added once when both are loaded
 
 
 @hookimpl
