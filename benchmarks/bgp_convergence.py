@@ -19,13 +19,14 @@ every 5 ms from inside the namespaces):
 
 Only the lab's namespaces are touched; the lab is taken down at the end. Usage (root):
 
-    .venv/bin/python benchmarks/bgp_convergence.py [--rounds 5] [--json FILE]
+    .venv/bin/python benchmarks/bgp_convergence.py [--rounds 5] [--graceful-restart] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,11 +109,12 @@ def outage(bench: Bench, prefix: str, nodes: tuple[str, ...], act: Callable[[], 
         time.sleep(0.005)
 
 
-def run(rounds: int) -> dict[str, object]:
+def run(rounds: int, graceful_restart: bool) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="kbgpconv-"))
     state = work / "lab"
     args = [f"--agent-arg={a}" for a in ("--peer-router-ips=192.168.56.100", "--peer-router-asns=65000",
-                                         "--peer-router-passwords=czNjcmV0")]
+                                         "--peer-router-passwords=czNjcmV0",
+                                         *(["--bgp-graceful-restart"] if graceful_restart else []))]
     subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", "routing.bgp", *args], check=True,
                    capture_output=True, text=True, timeout=120)
     try:
@@ -163,14 +165,16 @@ def run(rounds: int) -> dict[str, object]:
         }
     finally:
         subprocess.run([KR, "lab", "down", "--state", str(state)], capture_output=True, text=True, timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--graceful-restart", action="store_true", help="run the agents with --bgp-graceful-restart")
     args = parser.parse_args()
-    result = run(args.rounds)
+    result = run(args.rounds, args.graceful_restart)
     for key, values in result.items():
         if isinstance(values, list):
             print(f"{key:40s} p50 {statistics.median(values):.3f}  max {max(values):.3f}  "

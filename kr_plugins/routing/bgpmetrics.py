@@ -1,10 +1,10 @@
-"""Prometheus metrics of ``routing.bgp``'s sessions, read from BIRD when /metrics is scraped.
+"""Prometheus metrics of ``routing.bgp``'s sessions, read from the speaker when /metrics is scraped.
 
 Per peer (labels ``peer`` — the node's name, or the external router's address — and ``address``):
 ``kr_bgp_peer_info`` (1, with ``asn`` and ``state`` as labels, as kube-router's ``bgp_peer_info`` carries
 them), ``kr_bgp_peer_established`` (1 or 0), ``kr_bgp_routes_received`` and ``kr_bgp_routes_advertised``
-(the routes taken from and sent to the peer now). Nothing is cached: each scrape asks BIRD
-(``birdc show protocols all``, a few milliseconds); while BIRD is not running the families are empty.
+(the routes taken from and sent to the peer now). Nothing is cached: each scrape asks the speaker (BIRD:
+``birdc show protocols all``, a few milliseconds); while it is not running the families are empty.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kr_plugins.routing.birddaemon import BirdDaemon
+from kr_plugins.routing.speaker import Speaker
 
 
 class BgpCollector(Collector):
-    def __init__(self, bird: BirdDaemon) -> None:
-        self._bird = bird
+    def __init__(self, speaker: Speaker) -> None:
+        self._speaker = speaker
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         info = GaugeMetricFamily("kr_bgp_peer_info", "A BGP peer of this node's speaker, with its AS and state.",
@@ -28,8 +28,8 @@ class BgpCollector(Collector):
                                         labels=["peer", "address"])
         received = GaugeMetricFamily("kr_bgp_routes_received", "Routes taken from the peer.", labels=["peer", "address"])
         advertised = GaugeMetricFamily("kr_bgp_routes_advertised", "Routes sent to the peer.", labels=["peer", "address"])
-        if self._bird.running():
-            for session in self._bird.sessions():
+        if self._speaker.running():
+            for session in self._speaker.sessions():
                 peer = [session.peer, session.address]
                 info.add_metric([*peer, session.asn, session.state], 1)
                 established.add_metric(peer, 1 if session.state == "Established" else 0)

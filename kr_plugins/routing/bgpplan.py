@@ -10,8 +10,11 @@ nodes' pod CIDRs, so nothing else, a service VIP among them, is ever imported). 
 - route-reflector servers peer with each other;
 - any other two nodes peer in the full mesh (``--nodes-full-mesh``, the default; iBGP, or eBGP between
   nodes whose annotations give them different ASes), and without it only when they share an AS;
-- every node also peers with the external routers of ``--peer-router-*`` (``ExternalPeer``), announcing
-  its pod CIDRs and taking their routes, except the default route and anything inside a node's pod CIDR.
+- every node also peers with the external routers of ``--peer-router-*`` and with its own (its
+  ``kube-router.io/peers`` annotation; see ``bgppeers``), sending them ``export`` (its pod CIDRs unless
+  ``--advertise-pod-cidr=false``, the service addresses ``bgpadvertise`` picks, with the node's communities
+  and path prepend) and taking their routes, except the default route, anything inside a node's pod CIDR
+  and any service address.
 
 Invariants: pure (depends on its arguments only); IPv4 only; deterministic order (equal states give equal
 plans); what the operator should hear about (a bad ASN annotation, a node without address or pod CIDR) is
@@ -24,23 +27,24 @@ import ipaddress
 from dataclasses import dataclass
 
 from kr_core.model import DesiredState, Node
+from kr_plugins.routing.bgpadvertise import AdvertiseSettings, communities, path_prepend, service_addresses, service_vips
+from kr_plugins.routing.bgppeers import MAX_ASN, ExternalPeer, node_peers
 from kr_plugins.routing.plan import node_ipv4
 
 NODE_ASN_ANNOTATION = "kube-router.io/node.asn"
 RR_SERVER_ANNOTATION = "kube-router.io/rr.server"
 RR_CLIENT_ANNOTATION = "kube-router.io/rr.client"
 DEFAULT_CLUSTER_ASN = 64512
-MAX_ASN = 4294967295
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ExternalPeer:
-    """A BGP router outside the cluster every node peers with (kube-router's ``--peer-router-*``)."""
+@dataclass(frozen=True, slots=True)
+class GracefulRestart:
+    """``--bgp-graceful-restart``: peers keep this node's routes ``time`` seconds while its BIRD restarts;
+    a BIRD started again over routes it left waits up to ``deferral`` seconds for its peers before it
+    replaces them (``graceful restart wait``)."""
 
-    address: str
-    asn: int
-    port: int = 179
-    password: str | None = None  # plain text (kube-router's flag carries it base64-encoded)
+    time: int = 90
+    deferral: int = 360
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +54,22 @@ class BgpSettings:
     router_id: str | None = None  # None: the node's IPv4 address
     port: int = 179
     hold_time: int = 90
-    external_peers: tuple[ExternalPeer, ...] = ()
+    external_peers: tuple[ExternalPeer, ...] = ()  # --peer-router-*: every node's
     multihop_ttl: int | None = None  # external peers more than one hop away
+    advertise: AdvertiseSettings = AdvertiseSettings()
+    override_nexthop: bool = False
+    graceful_restart: GracefulRestart | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalExport:
+    """What this node sends its external routers, and how it marks it."""
+
+    pod_cidrs: bool = True  # --advertise-pod-cidr
+    vips: tuple[str, ...] = ()  # service addresses (advertised as /32)
+    communities: tuple[tuple[int, int], ...] = ()
+    prepend: tuple[int, int] | None = None  # (AS, times)
+    next_hop_self: bool = False  # --override-nexthop: this side's session address, not the node's
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -81,9 +99,12 @@ class BgpPlan:
     port: int
     hold_time: int
     notes: tuple[str, ...]
-    external_peers: tuple[ExternalPeer, ...] = ()
+    external_peers: tuple[ExternalPeer, ...] = ()  # the flags' and this node's annotations' routers
     cluster_cidrs: tuple[str, ...] = ()  # every node's pod CIDR: never taken from an external peer
     multihop_ttl: int | None = None
+    export: ExternalExport = ExternalExport()
+    service_addresses: tuple[str, ...] = ()  # every service's addresses: never taken from an external peer
+    graceful_restart: GracefulRestart | None = None
 
 
 def node_asn(node: Node, settings: BgpSettings, notes: list[str]) -> int:
@@ -161,6 +182,10 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         peer, reflect = peering(my_role, my_asn, rr_role(node, notes), asn, settings.full_mesh)
         if peer:
             peers.append(BgpPeer(node.name, ip, asn, reflect))
+    external_peers = merge_peers(settings.external_peers, node_peers(me, notes))
+    export = ExternalExport(pod_cidrs=settings.advertise.pod_cidr, vips=service_vips(desired, settings.advertise, notes),
+                            communities=communities(me, notes), prepend=path_prepend(me, notes),
+                            next_hop_self=settings.override_nexthop)
     return BgpPlan(
         router_id=settings.router_id or address,
         local_address=address,
@@ -171,7 +196,17 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         port=settings.port,
         hold_time=settings.hold_time,
         notes=tuple(notes),
-        external_peers=tuple(sorted(settings.external_peers)),
+        external_peers=external_peers,
         cluster_cidrs=tuple(sorted({c for n in desired.nodes for c in _pod_cidrs(n)}, key=ipaddress.IPv4Network)),
         multihop_ttl=settings.multihop_ttl,
+        export=export,
+        service_addresses=service_addresses(desired),
+        graceful_restart=settings.graceful_restart,
     )
+
+
+def merge_peers(flags: tuple[ExternalPeer, ...], annotated: tuple[ExternalPeer, ...]) -> tuple[ExternalPeer, ...]:
+    """The flags' routers and the node's own, the node's replacing a flag's at the same address and port."""
+    chosen = {(p.address, p.port): p for p in flags}
+    chosen.update({(p.address, p.port): p for p in annotated})
+    return tuple(sorted(chosen.values()))

@@ -20,40 +20,16 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from kr_core.errors import KrError
 from kr_plugins.kernel.command import CommandError, run, run_unchecked
+from kr_plugins.routing.speaker import BgpRoute, BgpSession, SpeakerError
 
 STARTUP_TIMEOUT = 10.0
 
 
-class BirdError(KrError):
+class BirdError(SpeakerError):
     """BIRD is missing, refused its configuration or does not answer."""
-
-
-@dataclass(frozen=True, slots=True)
-class BgpSession:
-    """One BGP protocol of kr's BIRD, as ``show protocols all`` describes it."""
-
-    protocol: str
-    peer: str  # the node (from the protocol's description "node NAME"), else the protocol name
-    address: str
-    asn: str
-    state: str  # BIRD's BGP state: Established, Active, Connect, ...
-    since: str
-    info: str
-    imported: int = 0  # routes taken from the peer (after the import filter)
-    exported: int = 0  # routes sent to it
-
-
-@dataclass(frozen=True, slots=True)
-class BirdRoute:
-    prefix: str
-    via: str  # the next hop, or the route's kind (unreachable, ...) when it has none
-    source: str  # the protocol it came from
-    best: bool
 
 
 _ROUTE_COUNTS = re.compile(r"(\d+) imported, (\d+) exported")
@@ -86,16 +62,16 @@ def parse_sessions(text: str) -> list[BgpSession]:
     return sessions
 
 
-def parse_routes(text: str) -> list[BirdRoute]:
+def parse_routes(text: str) -> list[BgpRoute]:
     """The routes in ``birdc show route`` output (a route's ``via`` is on the line after it)."""
-    routes: list[BirdRoute] = []
+    routes: list[BgpRoute] = []
     for line in text.splitlines():
         words = line.split()
         if line.startswith("\t") and words[:1] == ["via"] and routes:
             last = routes[-1]
-            routes[-1] = BirdRoute(last.prefix, words[1], last.source, last.best)
+            routes[-1] = BgpRoute(last.prefix, words[1], last.source, last.best)
         elif len(words) >= 3 and "/" in words[0] and words[2].startswith("["):
-            routes.append(BirdRoute(words[0], words[1], words[2].lstrip("["), "*" in words[3:5]))
+            routes.append(BgpRoute(words[0], words[1], words[2].lstrip("["), "*" in words[3:5]))
     return routes
 
 
@@ -141,8 +117,10 @@ class BirdDaemon:
         done = run_unchecked(["birdc", "-s", str(self.socket), "show", "status"], timeout=5)
         return done.returncode == 0 and "Daemon is up and running" in done.stdout
 
-    def apply(self, config: str) -> bool:
-        """Run BIRD with ``config``; returns whether anything was (re)started or reconfigured."""
+    def apply(self, config: str, recover: bool = False) -> bool:
+        """Run BIRD with ``config``; returns whether anything was (re)started or reconfigured. A BIRD started
+        with ``recover`` does graceful-restart recovery (``bird -R``): it keeps the kernel routes a previous
+        BIRD left until its peers have sent their routes again (or ``graceful restart wait`` ran out)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         alive = self.running()
         if alive and self.config.exists() and self.config.read_text() == config:
@@ -160,16 +138,16 @@ class BirdDaemon:
             if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
                 raise BirdError(f"birdc configure: {out.strip()}")
         else:
-            self._start()
+            self._start(recover)
         return True
 
-    def _start(self) -> None:
+    def _start(self, recover: bool) -> None:
         if port_listened(self.port):
             raise BirdError(f"TCP port {self.port} is already taken in this network namespace (another BGP "
                             "daemon, Calico's BIRD say?): kr's BIRD could not take sessions from its peers; "
                             "stop that daemon, or give kr another --bgp-port")
         self.socket.unlink(missing_ok=True)  # a stale socket of a BIRD that died
-        run(["bird", "-c", str(self.config), "-s", str(self.socket), "-P", str(self.pid_file)])
+        run(["bird", "-c", str(self.config), "-s", str(self.socket), "-P", str(self.pid_file), *(["-R"] if recover else [])])
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not self.running():
             if time.monotonic() > deadline:
@@ -180,7 +158,7 @@ class BirdDaemon:
         """BIRD's BGP sessions."""
         return parse_sessions(run(["birdc", "-s", str(self.socket), "show", "protocols", "all"]))
 
-    def routes(self) -> list[BirdRoute]:
+    def routes(self) -> list[BgpRoute]:
         """The routes in BIRD's table: this node's announced pod CIDRs and what the peers sent."""
         return parse_routes(run(["birdc", "-s", str(self.socket), "show", "route"]))
 

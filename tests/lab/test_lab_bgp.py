@@ -5,7 +5,8 @@
 - restarting kr on a node leaves its BIRD (same process) and its routes in place, and traffic flows;
 - route reflection (``kube-router.io/rr.server`` / ``rr.client``): the clients keep a session with the
   reflector only and still reach each other, next hop unchanged;
-- a BIRD killed by signal 9 is started again by kr within seconds, and the mesh heals;
+- a BIRD killed by signal 9 is started again by kr within seconds, and with ``--bgp-graceful-restart``
+  (which this lab runs with) no node loses a route meanwhile;
 - a TCP stream between pods on two nodes carries on, line for line, while kr restarts on both;
 - a node deleted from the API disappears from every other node's sessions and routes, and comes back when
   it is created again, without restarting anything;
@@ -24,68 +25,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bgplab import KR, PLUGINS, BgpLab, wait_for
 from kubernetes import client
 
-from kr_lab.lab import METRICS_PORT, Lab
+from kr_lab.lab import METRICS_PORT
 from kr_lab.nsenter import run_in_netns
 from kr_lab.probe import probe_matrix
-from kr_lab.state import StateDir
 
-KR = str(Path(sys.executable).with_name("kr"))
-PLUGINS = "routing.bgp,debug.log"
 NODES = ("kube-node1", "kube-node2", "kube-node3")
 CIDRS = {"kube-node1": "10.1.1.0/24", "kube-node2": "10.1.2.0/24", "kube-node3": "10.1.3.0/24"}
-
-
-class BgpLab:
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.lab = Lab(StateDir(state))
-
-    def sh(self, node: str, *argv: str, check: bool = True) -> str:
-        done = subprocess.run(["ip", "netns", "exec", self.lab.netns_of(node), *argv], capture_output=True,
-                              text=True, timeout=30, check=False)
-        assert done.returncode == 0 or not check, f"{' '.join(argv)} on {node}: {done.stderr}"
-        return done.stdout
-
-    def bgp_routes(self, node: str) -> set[str]:
-        return {line.split()[0] for line in self.sh(node, "ip", "-4", "route", "show", "proto", "bird").splitlines()
-                if "metric 107" in line and " via " in line}
-
-    def bird_pid(self, node: str) -> str:
-        return (self.state / "bgp" / node / "bird.pid").read_text().strip()
-
-    def birdc(self, node: str, *args: str) -> str:
-        """birdc's answer ("" while BIRD does not answer, as when it is being started again)."""
-        return self.sh(node, "birdc", "-s", str(self.state / "bgp" / node / "bird.ctl"), *args, check=False)
-
-    def all_pods_reach_all_pods(self) -> list[tuple[str, str, str | None]]:
-        pods = sorted(self.lab.state.pods)
-        plan = [(self.lab.state.pods[s].netns, self.lab.state.pods[t].ip, self.lab.state.pods[t].ports[0][1],
-                 self.lab.state.pods[t].ports[0][2]) for s in pods for t in pods]
-        results = probe_matrix(plan, timeout=2.0)
-        return [(s, t, r.error) for (s, t), r in zip([(s, t) for s in pods for t in pods], results) if not r.ok]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpLab]:
     state = tmp_path_factory.mktemp("bgp-lab") / "lab"
     try:
-        up = subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", PLUGINS],
-                            capture_output=True, text=True, timeout=120, check=False)
+        up = subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", PLUGINS,
+                             "--agent-arg=--bgp-graceful-restart"], capture_output=True, text=True, timeout=120, check=False)
         assert up.returncode == 0, f"kr lab up failed:\n{up.stdout}\n{up.stderr}"
         yield BgpLab(state)
     finally:
@@ -103,7 +63,7 @@ def test_pods_reach_each_other_over_routes_learned_by_ibgp(lab: BgpLab) -> None:
         assert lab.sh(node, "ip", "-4", "route", "show", "proto", "107") == ""  # no routing.static here
         sessions = lab.birdc(node, "show", "protocols")
         assert sessions.count("Established") == 2, sessions
-    assert lab.all_pods_reach_all_pods() == []
+    assert lab.unreachable_pairs() == []
     # what an operator sees on a node: kr bgp peers / routes
     peers = json.loads(lab.sh("kube-node1", KR, "bgp", "peers", "--json", "--hostname-override", "kube-node1",
                               "--bgp-run-dir", str(lab.state / "bgp")))
@@ -121,7 +81,7 @@ def test_pods_reach_each_other_over_routes_learned_by_ibgp(lab: BgpLab) -> None:
     assert 'kr_bgp_routes_received{address="192.168.56.13",peer="kube-node3"} 1.0' in metrics
     elsewhere = subprocess.run([KR, "bgp", "peers", "--hostname-override", "kube-node1", "--bgp-run-dir",
                                 str(lab.state / "nowhere")], capture_output=True, text=True, timeout=30)
-    assert elsewhere.returncode == 1 and "no BIRD of kr's answers" in elsewhere.stderr
+    assert elsewhere.returncode == 1 and "kr's BGP speaker 'bird' is not running" in elsewhere.stderr
 
 
 def test_a_kr_restart_leaves_bird_and_its_routes_in_place(lab: BgpLab) -> None:
@@ -132,7 +92,7 @@ def test_a_kr_restart_leaves_bird_and_its_routes_in_place(lab: BgpLab) -> None:
     assert wait_for(lambda: (lab.lab.agent_health("kube-node1") or {}).get("healthy") is True)
     assert lab.bird_pid("kube-node1") == before
     assert lab.birdc("kube-node1", "show", "protocols").count("Established") == 2
-    assert lab.all_pods_reach_all_pods() == []
+    assert lab.unreachable_pairs() == []
 
 
 def test_a_node_asn_changed_in_the_api_takes_effect_live(lab: BgpLab) -> None:
@@ -146,7 +106,7 @@ def test_a_node_asn_changed_in_the_api_takes_effect_live(lab: BgpLab) -> None:
         assert wait_for(lambda: all(lab.birdc(n, "show", "protocols").count("Established") == 2 for n in NODES),
                         timeout=30)
         assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES))
-        assert lab.all_pods_reach_all_pods() == []
+        assert lab.unreachable_pairs() == []
     finally:
         annotate(None)
     assert wait_for(lambda: all(lab.birdc(n, "show", "protocols").count("Established") == 2 for n in NODES),
@@ -175,7 +135,7 @@ def test_route_reflection_with_sessions_only_to_the_reflector(lab: BgpLab) -> No
         # direct session is withdrawn before the reflected one arrives (a sub-second gap)
         assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES), timeout=30)
         assert "10.1.3.0/24 via 192.168.56.13 " in lab.sh("kube-node2", "ip", "-4", "route", "show", "proto", "bird")
-        assert lab.all_pods_reach_all_pods() == []
+        assert lab.unreachable_pairs() == []
     finally:
         for node, annotations in roles.items():
             annotate(node, dict.fromkeys(annotations))
@@ -196,18 +156,29 @@ def test_a_node_removed_from_the_api_leaves_every_table_and_comes_back_when_adde
         body = {"metadata": meta, "spec": saved["spec"], "status": saved["status"]}
         lab.lab.call_api(lambda api: core(api).create_node(body))
     assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES), timeout=30)
-    assert lab.all_pods_reach_all_pods() == []
+    assert lab.unreachable_pairs() == []
 
 
-def test_a_bird_that_dies_is_started_again_by_kr(lab: BgpLab) -> None:
+def test_a_bird_that_dies_is_started_again_by_kr_and_graceful_restart_keeps_every_route(lab: BgpLab) -> None:
+    """kube-node2's BIRD killed by signal 9: kr starts it again (recovering gracefully: its kernel routes
+    stay until its peers have resent theirs), and meanwhile the other nodes keep its pod CIDR (stale, as
+    BGP graceful restart has them do): no node misses a route at any moment, polled every 10 ms."""
     node = "kube-node2"
     before = lab.bird_pid(node)
+    missing: set[tuple[str, str]] = set()
     subprocess.run(["kill", "-9", before], check=True)
-    assert wait_for(lambda: (lab.state / "bgp" / node / "bird.pid").exists() and lab.bird_pid(node) != before
-                    and lab.birdc(node, "show", "protocols").count("Established") == 2, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for n in NODES:
+            missing |= {(n, cidr) for cidr in others(n) - lab.bgp_routes(n)}
+        if lab.bird_pid(node) != before and lab.birdc(node, "show", "protocols").count("Established") == 2:
+            break
+        time.sleep(0.01)
+    assert lab.birdc(node, "show", "protocols").count("Established") == 2
+    assert missing == set()
     assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES), timeout=30)
-    assert "starting it again" in (lab.state / "logs" / f"agent-{node}.log").read_text()
-    assert lab.all_pods_reach_all_pods() == []
+    assert "started it again" in (lab.state / "logs" / f"agent-{node}.log").read_text()
+    assert lab.unreachable_pairs() == []
 
 
 def test_a_long_tcp_stream_between_pods_survives_kr_restarts_on_both_nodes(lab: BgpLab) -> None:
@@ -261,14 +232,15 @@ def test_cleanup_stops_bird_and_removes_only_its_routes(lab: BgpLab) -> None:
     assert not (lab.state / "bgp" / node).exists()
     lab.lab.start_agent(node)  # kr starts a BIRD again and the mesh heals
     assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES), timeout=30)
-    assert lab.all_pods_reach_all_pods() == []
+    assert lab.unreachable_pairs() == []
 
 
 EXTERNAL_BIRD = """\
 router id 192.168.56.100;
 protocol device {}
+protocol kernel { ipv4 { export where source = RTS_BGP; }; }
 protocol static injected { ipv4; route 203.0.113.0/24 unreachable; route 0.0.0.0/0 unreachable;
-  route 10.1.2.128/25 unreachable; }
+  route 10.1.2.128/25 unreachable; route 198.51.100.12/32 unreachable; }
 template bgp node { local 192.168.56.100 as 65000; password "s3cret"; connect delay time 1; error wait time 1, 10;
   ipv4 { import all; export where source = RTS_STATIC; }; }
 protocol bgp kube_node1 from node { neighbor 192.168.56.11 as 64512; }
@@ -277,18 +249,39 @@ protocol bgp kube_node3 from node { neighbor 192.168.56.13 as 64512; }
 """
 
 
+def api_service(name: str, annotations: dict[str, str] | None = None, **spec: object) -> dict[str, object]:
+    """A Service over the lab's api pods (api-1 on kube-node2, api-2 on kube-node3), 80/TCP -> 9090."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "backend", "name": name, "annotations": annotations or {}},
+            "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "targetPort": 9090}], **spec}}
+
+
+VIP_SERVICES = [
+    api_service("vip-external", externalIPs=["198.51.100.10"]),  # --advertise-external-ip: every node
+    api_service("vip-local", externalIPs=["198.51.100.11"], type="NodePort", externalTrafficPolicy="Local"),
+    api_service("vip-opt-in", {"kube-router.io/service.advertise.clusterip": "true"}),
+    api_service("vip-quiet"),  # its cluster IP is not advertised (no --advertise-cluster-ip)
+    api_service("vip-opt-out", {"kube-router.io/service.advertise.externalip": "false"}, externalIPs=["198.51.100.12"]),
+]
+
+
 def test_an_external_router_peers_with_a_password_learns_pod_cidrs_and_injects_a_route(tmp_path: Path) -> None:
     """An external BIRD on the lab's outside host (AS 65000, MD5 password) peers with every node through
-    ``--peer-router-*``, learns every pod CIDR, and its route reaches the nodes' kernels; its default route
-    and a prefix inside a node's pod CIDR are refused."""
+    ``--peer-router-*``, learns every pod CIDR, and its route reaches the nodes' kernels; its default route,
+    a prefix inside a node's pod CIDR and a service's address are refused. It also learns the service
+    addresses meant to be advertised (``--advertise-external-ip``, a cluster IP opted in by annotation), a
+    Local service's only from the nodes with its endpoints, and none other; the outside host then reaches
+    the service at its external IP over the route it learned, through the nodes' proxy."""
     state = tmp_path / "lab"
     args = [f"--agent-arg={arg}" for arg in ("--peer-router-ips=192.168.56.100", "--peer-router-asns=65000",
-                                             "--peer-router-passwords=czNjcmV0")]  # base64 of s3cret
+                                             "--peer-router-passwords=czNjcmV0",  # base64 of s3cret
+                                             "--advertise-external-ip")]
     try:
-        up = subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", PLUGINS, *args],
+        up = subprocess.run([KR, "lab", "up", "--state", str(state), "--plugins", f"{PLUGINS},proxy.iptables", *args],
                             capture_output=True, text=True, timeout=120, check=False)
         assert up.returncode == 0, f"kr lab up failed:\n{up.stdout}\n{up.stderr}"
         lab = BgpLab(state)
+        lab.lab.apply(VIP_SERVICES)  # before the router comes: the address it offers is a service's already
         conf, ctl = tmp_path / "external.conf", tmp_path / "external.ctl"
         conf.write_text(EXTERNAL_BIRD)
         lab.sh("client", "bird", "-c", str(conf), "-s", str(ctl))
@@ -305,6 +298,29 @@ def test_an_external_router_peers_with_a_password_learns_pod_cidrs_and_injects_a
             assert "default" not in routes and "10.1.2.128/25" not in routes, routes
             assert wait_for(lambda node=node: lab.bgp_routes(node) == others(node) | {"203.0.113.0/24"}), \
                 lab.bgp_routes(node)  # the mesh comes up beside it (a fresh lab: sessions still starting)
+
+        opt_in, quiet = (lab.lab.call_api(lambda api, name=name: client.CoreV1Api(api).read_namespaced_service(
+            name, "backend")).spec.cluster_ip for name in ("vip-opt-in", "vip-quiet"))
+
+        def vip_paths(vip: str) -> set[str]:
+            """The nodes (by address) the external router has a path to ``vip`` from."""
+            text = lab.sh("client", "birdc", "-s", str(ctl), "show", "route", "for", vip, "all")
+            return {line.split()[1] for line in text.splitlines() if line.strip().startswith("via ")} \
+                if f"{vip}/32" in text else set()
+
+        every = {"192.168.56.11", "192.168.56.12", "192.168.56.13"}
+        assert wait_for(lambda: vip_paths("198.51.100.10") == every and vip_paths(opt_in) == every, timeout=15), \
+            (vip_paths("198.51.100.10"), vip_paths(opt_in))
+        assert wait_for(lambda: vip_paths("198.51.100.11") == every - {"192.168.56.11"}), vip_paths("198.51.100.11")
+        table = external_table()
+        assert quiet not in table and vip_paths("198.51.100.12") == set(), table
+        # no node took a service address from the router (it offers 198.51.100.12/32), nor from another node
+        for node in NODES:
+            assert lab.bgp_routes(node) == others(node) | {"203.0.113.0/24"}, (node, lab.bgp_routes(node))
+        # the outside host reaches the service at its external IP over the route it learned
+        assert "198.51.100.10 via 192.168.56." in lab.sh("client", "ip", "-4", "route", "show", "198.51.100.10")
+        results = probe_matrix([(lab.lab.netns_of("client"), "198.51.100.10", 80, "TCP")] * 10, timeout=2.0)
+        assert all(r.ok for r in results) and {r.answer for r in results} <= {"backend/api-1", "backend/api-2"}, results
         # the password is really checked: with another one the external router gets no session back
         conf.write_text(EXTERNAL_BIRD.replace("s3cret", "wrong"))
         lab.sh("client", "birdc", "-s", str(ctl), "configure")

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kr_core.errors import ConfigError
 from kr_core.model import DesiredState, FrozenMap, Node, NodeAddress
-from kr_plugins.routing.bgp import external_peers
 from kr_plugins.routing.bgpplan import (
     NODE_ASN_ANNOTATION,
     RR_CLIENT_ANNOTATION,
@@ -162,32 +160,6 @@ def test_birdc_output_is_read_into_sessions_and_routes() -> None:
         ("10.1.3.0/24", "192.168.56.13", "a1a5fd", True), ("10.1.1.0/24", "unreachable", "kr_pods", True),
         ("10.1.2.0/24", "192.168.56.12", "0e80a4", True)]
     assert parse_sessions("BIRD 2.0.12 ready.\n") == [] and parse_routes("") == []
-
-
-def test_external_peers_from_kube_routers_flags() -> None:
-    options = {"peer_router_ips": "192.168.50.100,10.9.9.9", "peer_router_asns": "65000,65001",
-               "peer_router_ports": "179,1179", "peer_router_passwords": "czNjcmV0,"}
-    peers = external_peers(options)
-    assert peers == (ExternalPeer("192.168.50.100", 65000, 179, "s3cret"), ExternalPeer("10.9.9.9", 65001, 1179))
-    plan = plan_bgp(state(*NODES), BgpSettings(external_peers=peers))
-    assert plan is not None
-    text = render_bird(plan, SUBNET)
-    assert ('protocol bgp kr_ext_192_168_50_100_179 { local 192.168.50.11 as 64512; neighbor 192.168.50.100 port 179 '
-            'as 65000; direct; password "s3cret";') in text
-    assert "neighbor 10.9.9.9 port 1179 as 65001; multihop;" in text
-    # external routes: never the default route, never inside a node's pod CIDR; only this node's CIDR goes out
-    assert "if net ~ [ 10.244.1.0/24+, 10.244.2.0/24+, 10.244.3.0/24+, 10.244.4.0/24+ ] then reject;" in text
-    assert text.count("export filter kr_export_external;") == 2
-    ttl = render_bird(plan_bgp(state(*NODES), BgpSettings(external_peers=peers, multihop_ttl=4)), SUBNET)  # type: ignore[arg-type]
-    assert ttl.count("multihop 4;") == 2
-    for bad, message in (({"peer_router_ips": "1.2.3.4"}, "0 AS number"),
-                         ({"peer_router_ips": "1.2.3.4", "peer_router_asns": "1", "peer_router_ports": "1,2"}, "2 value"),
-                         ({"peer_router_ips": "1.2.3.x", "peer_router_asns": "1"}, "peer router 1"),
-                         ({"peer_router_ips": "1.2.3.4", "peer_router_asns": "0"}, "out of range"),
-                         ({"peer_router_ips": "1.2.3.4", "peer_router_asns": "1", "peer_router_passwords": "IiI="},
-                          "quote")):
-        with pytest.raises(ConfigError, match=message):
-            external_peers(bad)
 
 
 def test_session_metrics_come_from_birds_sessions() -> None:
