@@ -39,6 +39,7 @@ from pyroute2 import IPRoute
 from kr_core.backends import Backend, BackendContext, BackendSpec
 from kr_core.changes import ChangeSet
 from kr_core.config import OptionRegistry
+from kr_core.errors import ConfigError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.routing.bgpmetrics import BgpCollector
@@ -73,7 +74,7 @@ def bgp_settings(options: Mapping[str, Any]) -> BgpSettings:
                        router_id=options.get("router_id") or None,
                        port=int(options.get("bgp_port") or 179),
                        hold_time=int(options.get("bgp_holdtime") or 90),
-                       external_peers=flag_peers(options),
+                       external_peers=flag_peers(options, _read(options.get("peer_router_passwords_file"))),
                        multihop_ttl=options.get("peer_router_multihop_ttl") or None,
                        advertise=AdvertiseSettings(cluster_ip=bool(options.get("advertise_cluster_ip")),
                                                    external_ip=bool(options.get("advertise_external_ip")),
@@ -81,6 +82,16 @@ def bgp_settings(options: Mapping[str, Any]) -> BgpSettings:
                                                    pod_cidr=bool(options.get("advertise_pod_cidr", True))),
                        override_nexthop=bool(options.get("override_nexthop")),
                        graceful_restart=restart)
+
+
+def _read(path: str | None) -> str | None:
+    """The text of the file at ``path`` (None for no path); ``ConfigError`` when it cannot be read."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--peer-router-passwords-file: {exc}") from None
 
 
 #: How often the agent checks that its speaker is alive (and starts it again if it is not).
@@ -179,6 +190,8 @@ def kr_add_options(options: OptionRegistry) -> None:
                        ("--peer-router-passwords", "Their MD5 passwords, base64-encoded, position by position "
                                                    "(empty: none).")):
         options.add(click.Option([flag], default=None, help=text))
+    options.add(click.Option(["--peer-router-passwords-file"], default=None,
+                             help="A file holding --peer-router-passwords' list (kept out of the process list)."))
     options.add(click.Option(["--peer-router-multihop-ttl"], type=click.IntRange(1, 255), default=None,
                              help="TTL of the sessions to external routers more than one hop away."))
     for flag, text in (("--advertise-cluster-ip", "Advertise services' cluster IPs to external routers."),

@@ -98,11 +98,18 @@ def positional_peers(ips: str | None, asns: str | None, ports: str | None = None
     return tuple(peers)
 
 
-def flag_peers(options: Mapping[str, Any]) -> tuple[ExternalPeer, ...]:
-    """The routers of ``--peer-router-ips/asns/ports/passwords``; ``ConfigError`` names a bad one."""
+def flag_peers(options: Mapping[str, Any], passwords_file: str | None = None) -> tuple[ExternalPeer, ...]:
+    """The routers of ``--peer-router-ips/asns/ports/passwords``, the passwords possibly from the text of
+    ``--peer-router-passwords-file`` (``passwords_file``, the same comma-separated base64 list, kept out of
+    the process list); ``ConfigError`` names a bad one."""
+    passwords = options.get("peer_router_passwords")
+    if passwords_file is not None:
+        if passwords:
+            raise ConfigError("--peer-router-passwords and --peer-router-passwords-file: give one of them")
+        passwords = passwords_file.strip()
     try:
         return positional_peers(options.get("peer_router_ips"), options.get("peer_router_asns"),
-                                options.get("peer_router_ports"), options.get("peer_router_passwords"))
+                                options.get("peer_router_ports"), passwords)
     except ValueError as exc:
         raise ConfigError(f"--peer-router-*: {exc}") from None
 

@@ -34,6 +34,7 @@ from kr_plugins.routing.plan import node_ipv4
 NODE_ASN_ANNOTATION = "kube-router.io/node.asn"
 RR_SERVER_ANNOTATION = "kube-router.io/rr.server"
 RR_CLIENT_ANNOTATION = "kube-router.io/rr.client"
+IMPORT_REJECT_ANNOTATION = "kube-router.io/node.bgp.customimportreject"
 DEFAULT_CLUSTER_ASN = 64512
 
 
@@ -104,6 +105,7 @@ class BgpPlan:
     multihop_ttl: int | None = None
     export: ExternalExport = ExternalExport()
     service_addresses: tuple[str, ...] = ()  # every service's addresses: never taken from an external peer
+    import_reject: tuple[str, ...] = ()  # the node's own prefixes never taken from an external peer
     graceful_restart: GracefulRestart | None = None
 
 
@@ -145,6 +147,21 @@ def rr_role(node: Node, notes: list[str]) -> RrRole:
     return RrRole(*ids)
 
 
+def import_rejects(node: Node, notes: list[str]) -> tuple[str, ...]:
+    """The IPv4 prefixes of ``node``'s ``kube-router.io/node.bgp.customimportreject`` (comma-separated),
+    a malformed one reported and left out."""
+    found: list[str] = []
+    for item in (node.annotations.get(IMPORT_REJECT_ANNOTATION) or "").split(","):
+        if not item.strip():
+            continue
+        try:
+            found.append(str(ipaddress.IPv4Network(item.strip(), strict=False)))
+        except ValueError:
+            notes.append(f"node {node.name}: {IMPORT_REJECT_ANNOTATION}: {item.strip()!r} is not an IPv4 prefix; "
+                         "left out")
+    return tuple(sorted(set(found), key=ipaddress.IPv4Network))
+
+
 def peering(me: RrRole, my_asn: int, other: RrRole, other_asn: int, full_mesh: bool) -> tuple[bool, str | None]:
     """Whether two nodes keep a session, and the cluster id if this node reflects to the other."""
     if me.client is not None:
@@ -183,6 +200,7 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         if peer:
             peers.append(BgpPeer(node.name, ip, asn, reflect))
     external_peers = merge_peers(settings.external_peers, node_peers(me, notes))
+    rejected = import_rejects(me, notes)
     export = ExternalExport(pod_cidrs=settings.advertise.pod_cidr, vips=service_vips(desired, settings.advertise, notes),
                             communities=communities(me, notes), prepend=path_prepend(me, notes),
                             next_hop_self=settings.override_nexthop)
@@ -201,6 +219,7 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         multihop_ttl=settings.multihop_ttl,
         export=export,
         service_addresses=service_addresses(desired),
+        import_reject=rejected,
         graceful_restart=settings.graceful_restart,
     )
 

@@ -11,7 +11,8 @@
 - ``kr_ext_<address>_<port>`` per external router (``--peer-router-*``): eBGP with its password, direct or
   multihop (``--peer-router-multihop-ttl``), exporting this node's pod CIDRs only (``kr_export_external``:
   a reflector passes no other node's on) and importing what it sends
-  but the default route and anything inside a node's pod CIDR (``kr_import_external``);
+  but the default route, anything inside a node's pod CIDR, any service address and anything inside
+  the node's ``customimportreject`` prefixes (``kr_import_external``);
 - one ``bgp`` protocol per peer from the ``kr_peer`` template: hold time, port, ``direct`` when the peer
   shares this node's subnet (else ``multihop``), ``rr client`` with the cluster id for a peer this node
   reflects to, an import filter accepting exactly ``plan.accept`` and an export filter sending exactly
@@ -69,7 +70,9 @@ def render_bird(plan: BgpPlan, subnet: str | None = None, *, overlaid: tuple[str
           if plan.export.vips else []),
         f"protocol kernel kr_kernel {{ metric {KERNEL_METRIC}; persist; scan time 10;"
         + (" graceful restart;" if plan.graceful_restart else ""),
-        "  ipv4 { import none; export where source = RTS_BGP"
+        # a route whose next hop BIRD cannot resolve (a multihop peer's, with the overlay off) stays out:
+        # in the kernel it would be "unreachable" and drop what the default route could carry
+        "  ipv4 { import none; export where source = RTS_BGP && dest != RTD_UNREACHABLE"
         + (f" && net !~ {_prefix_set(overlaid)}" if overlaid else "") + "; };",
         "}",
         "filter kr_import {",
@@ -81,6 +84,7 @@ def render_bird(plan: BgpPlan, subnet: str | None = None, *, overlaid: tuple[str
         f"  if net ~ [ {', '.join(f'{c}+' for c in plan.cluster_cidrs)} ] then reject;" if plan.cluster_cidrs else "",
         f"  if net ~ {_prefix_set(tuple(f'{a}/32' for a in plan.service_addresses))} then reject;"
         if plan.service_addresses else "",
+        f"  if net ~ [ {', '.join(f'{c}+' for c in plan.import_reject)} ] then reject;" if plan.import_reject else "",
         "  accept;",
         "}",
         *_export_external(plan.export),

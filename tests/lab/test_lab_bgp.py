@@ -12,6 +12,7 @@
   it is created again, without restarting anything;
 - a node's ``kube-router.io/node.asn`` changed in the API takes effect without restarting kr: the other
   nodes' sessions to it come up with the new AS (eBGP now), and traffic still flows;
+- a node's own external router (``kube-router.io/peers``) set and removed in the API takes effect live;
 - ``kr cleanup`` on a node stops its BIRD and removes the routes it left, and nothing else;
 - ``kr bgp peers`` and ``kr bgp routes`` on a node show its sessions and routes, and the agent's /metrics
   its sessions' state and route counts.
@@ -217,6 +218,41 @@ def test_a_long_tcp_stream_between_pods_survives_kr_restarts_on_both_nodes(lab: 
     assert slowest < 0.5, f"a line took {slowest:.2f} s"
     for node in ("kube-node1", "kube-node3"):
         assert wait_for(lambda node=node: (lab.lab.agent_health(node) or {}).get("healthy") is True)
+
+
+NODE_PEER_BIRD = """\
+router id 192.168.56.100;
+protocol device {}
+protocol static injected { ipv4; route 198.18.0.0/24 unreachable; }
+protocol bgp kube_node1 { local 192.168.56.100 as 65010; neighbor 192.168.56.11 as 64512; password "n0de";
+  connect delay time 1; error wait time 1, 10; ipv4 { import all; export where source = RTS_STATIC; }; }
+"""
+
+
+def test_a_peer_annotated_on_a_node_comes_and_goes_without_a_restart(lab: BgpLab, tmp_path: Path) -> None:
+    """``kube-router.io/peers`` on kube-node1 (an external router with a password) takes effect live: the
+    session comes up, routes flow both ways, only on that node; removing the annotation ends it."""
+    conf, ctl = tmp_path / "peer.conf", tmp_path / "peer.ctl"
+    conf.write_text(NODE_PEER_BIRD)
+
+    def annotate(value: str | None) -> None:
+        body = {"metadata": {"annotations": {"kube-router.io/peers": value}}}
+        lab.lab.call_api(lambda api: client.CoreV1Api(api).patch_node("kube-node1", body))
+
+    lab.sh("client", "bird", "-c", str(conf), "-s", str(ctl))
+    try:
+        annotate("- remoteip: 192.168.56.100\n  remoteasn: 65010\n  password: bjBkZQ==\n")  # base64 of n0de
+        assert wait_for(lambda: "Established" in lab.sh("client", "birdc", "-s", str(ctl), "show", "protocols"))
+        assert wait_for(lambda: "198.18.0.0/24" in lab.bgp_routes("kube-node1"))
+        assert CIDRS["kube-node1"] in lab.sh("client", "birdc", "-s", str(ctl), "show", "route")
+        assert all("198.18.0.0/24" not in lab.bgp_routes(n) for n in ("kube-node2", "kube-node3"))  # node1's own
+        annotate(None)
+        assert wait_for(lambda: "198.18.0.0/24" not in lab.bgp_routes("kube-node1"))
+        assert "kr_ext_" not in lab.birdc("kube-node1", "show", "protocols")
+    finally:
+        annotate(None)
+        lab.sh("client", "birdc", "-s", str(ctl), "down", check=False)
+    assert wait_for(lambda: all(lab.bgp_routes(n) == others(n) for n in NODES))
 
 
 def test_cleanup_stops_bird_and_removes_only_its_routes(lab: BgpLab) -> None:

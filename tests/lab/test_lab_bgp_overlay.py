@@ -7,6 +7,7 @@ every node, and ``routing.static``'s VXLAN overlay for the nodes outside a node'
   what they sent;
 - pod traffic leaving the cluster is masqueraded (``--enable-pod-egress``, on by default);
 - ``--overlay-type full`` sends every peer through the overlay and BIRD installs nothing;
+- ``--enable-overlay=false`` leaves a peer in another subnet unrouted, never with an `unreachable` route;
 - ``kr cleanup --plugins routing.bgp`` removes BIRD's routes, kr's routes, ``kr-vxlan`` and the egress chain
   and set, and nothing else; the agent started again heals the node.
 
@@ -158,5 +159,24 @@ def test_full_overlay_carries_every_peer(tmp_path: Path) -> None:
         assert wait_for(lambda: all(lab.established(n) == 2 and lab.overlay_routes(n) == every[n] for n in NODES))
         assert all(lab.bird_routes(n) == set() for n in NODES)  # BIRD still learns them, and leaves them be
         assert lab.unreachable_pairs() == []
+    finally:
+        lab_down(state)
+
+
+def test_without_the_overlay_a_peer_in_another_subnet_gets_no_blackhole_route(tmp_path: Path) -> None:
+    """``--enable-overlay=false``: BIRD cannot resolve a multihop peer's next hop, and such a route stays out
+    of the kernel (it would be ``unreachable``, dropping what the default route could carry to a router
+    that knows the pod CIDR); the peers in the rack are BIRD's routes as always."""
+    state = tmp_path / "lab"
+    try:
+        lab = lab_up(state, "--enable-overlay=false")
+        rack = {"node-a1": {CIDRS["node-a2"]}, "node-a2": {CIDRS["node-a1"]}, "node-b1": set()}
+        assert wait_for(lambda: all(lab.established(n) == 2 and lab.bgp_routes(n) == rack[n] for n in NODES))
+        for node in NODES:
+            assert lab.bird_routes(node) == rack[node], (node, lab.sh(node, "ip", "-4", "route"))
+            assert "unreachable" not in lab.sh(node, "ip", "-4", "route", "show", "proto", "bird")
+            assert lab.overlay_routes(node) == set()
+        # BIRD still holds the far rack's CIDR (kr bgp routes shows it), just not in the kernel
+        assert CIDRS["node-b1"] in lab.birdc("node-a1", "show", "route")
     finally:
         lab_down(state)

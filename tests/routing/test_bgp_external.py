@@ -230,3 +230,29 @@ def test_bird_accepts_everything_for_external_routers(tmp_path: Path) -> None:
         conf.write_text(render_bird(plan, SUBNET))
         done = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
+
+
+def test_a_nodes_custom_import_rejects_keep_those_prefixes_from_external_routers() -> None:
+    me = node("node-a", "192.168.50.11", "10.244.1.0/24",
+              **{"kube-router.io/node.bgp.customimportreject": "10.0.0.0/16, 192.168.1.7/24,bogus"})
+    plan = plan_bgp(state(me=me), BgpSettings(external_peers=(ExternalPeer("192.168.50.100", 65000),)))
+    assert plan is not None
+    assert plan.import_reject == ("10.0.0.0/16", "192.168.1.0/24")
+    assert plan.notes == ("node node-a: kube-router.io/node.bgp.customimportreject: 'bogus' is not an IPv4 prefix; "
+                          "left out",)
+    text = render_bird(plan, SUBNET)
+    external = text[text.index("filter kr_import_external {"):text.index("filter kr_export_external {")]
+    assert "  if net ~ [ 10.0.0.0/16+, 192.168.1.0/24+ ] then reject;\n  accept;" in external
+
+
+def test_passwords_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "bgp-passwords.conf"
+    secret.write_text("czNjcmV0,\n")
+    options = {"peer_router_ips": "192.168.50.100,10.9.9.9", "peer_router_asns": "65000,65001",
+               "peer_router_passwords_file": str(secret)}
+    assert bgp_settings(options).external_peers == (ExternalPeer("192.168.50.100", 65000, 179, "s3cret"),
+                                                    ExternalPeer("10.9.9.9", 65001))
+    with pytest.raises(ConfigError, match="give one of them"):
+        bgp_settings({**options, "peer_router_passwords": "czNjcmV0,"})
+    with pytest.raises(ConfigError, match="--peer-router-passwords-file: .*No such file"):
+        bgp_settings({**options, "peer_router_passwords_file": str(tmp_path / "missing")})
