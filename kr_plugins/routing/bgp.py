@@ -18,7 +18,9 @@ Invariants:
   ``cleanup`` has it shut down and delete the kernel routes it left (BIRD's: ``proto bird``, metric 107),
   and removes what the overlay and egress own (``kr-vxlan``, protocol-107 routes, the egress chain and set);
 - a pod CIDR the overlay carries is never also a BIRD route in the kernel;
-- each sync programs the overlay before BIRD, so a peer moving onto the overlay is never unrouted;
+- a sync that moves a peer onto the overlay programs the overlay before the speaker, so that peer is never
+  unrouted; other syncs hand the speaker its plan first (a joining node waits for its sessions, not for
+  the overlay device and egress rules);
 - while kr runs, a speaker that died is started again within ``WATCH_INTERVAL`` with the last plan
   (``Speaker.heal``; BIRD's kernel routes stayed: ``persist``);
 - while this node's Node object is missing (or has no IPv4 address) nothing is changed.
@@ -111,6 +113,7 @@ class BgpRouting(Backend):
         if context.registry is not None:
             context.registry.register(BgpCollector(self.speaker))
         self._notes = Notes(log)
+        self._overlaid: tuple[str, ...] = ()  # the pod CIDRs the overlay carried after the last sync
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
 
@@ -139,20 +142,25 @@ class BgpRouting(Backend):
             return
         self._notes.tell(plan.notes)
         failures: list[str] = []
-        overlaid: tuple[str, ...] = ()
         with IPRoute() as ipr:
             underlay = read_underlay(ipr, plan.local_address)
-            if underlay is not None:
-                # the overlay, its routes, the sysctls and pod egress as routing.static programs them; the
-                # nodes in this subnet are BGP's (the speaker installs their routes), so the plan's direct routes go
-                routed = plan_routes(desired, underlay, self.routing)
-                overlaid = routed.overlaid
+            # the overlay, its routes, the sysctls and pod egress as routing.static programs them; the nodes
+            # in this subnet are BGP's (the speaker installs their routes), so the plan's direct routes go
+            routed = plan_routes(desired, underlay, self.routing) if underlay is not None else None
+            overlaid = routed.overlaid if routed is not None else ()
+            # a peer moving onto the overlay gets its overlay route before the speaker drops its own; else
+            # the speaker goes first (its sessions are what a new node waits for)
+            overlay_first = not set(overlaid) <= set(self._overlaid)
+            if routed is not None and overlay_first:
                 failures = self.programmer.apply(ipr, routed.without_direct(), full)
-        subnet = str(ipaddress.IPv4Network(underlay.network)) if underlay is not None else None
-        if self.speaker.apply(plan, subnet, overlaid):  # the speaker leaves the overlay's CIDRs to it
-            log.info("BGP: %d peer(s), announcing %s%s%s", len(plan.peers), ", ".join(plan.announce) or "nothing",
-                     f"; to external routers also {', '.join(plan.export.vips)}" if plan.export.vips else "",
-                     f"; through the overlay: {', '.join(overlaid)}" if overlaid else "")
+            subnet = str(ipaddress.IPv4Network(underlay.network)) if underlay is not None else None
+            if self.speaker.apply(plan, subnet, overlaid):  # the speaker leaves the overlay's CIDRs to it
+                log.info("BGP: %d peer(s), announcing %s%s%s", len(plan.peers), ", ".join(plan.announce) or "nothing",
+                         f"; to external routers also {', '.join(plan.export.vips)}" if plan.export.vips else "",
+                         f"; through the overlay: {', '.join(overlaid)}" if overlaid else "")
+            self._overlaid = overlaid
+            if routed is not None and not overlay_first:
+                failures = self.programmer.apply(ipr, routed.without_direct(), full)
         if underlay is None:
             raise RoutingError(f"node IP {plan.local_address} of {desired.node_name} is on no interface in this "
                                "network namespace: no overlay or pod egress (run kr in the node's namespace, "
