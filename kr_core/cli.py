@@ -26,6 +26,7 @@ import kr_core
 from kr_core.config import AgentConfig
 from kr_core.errors import ConfigError, KrError
 from kr_core.plugins import PluginHost, describe_installed, parse_plugin_list, plugin_commands
+from kr_core.tables import rows_text
 
 log = logging.getLogger("kr")
 
@@ -232,17 +233,7 @@ def cleanup(ctx: click.Context, **params: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json: bool) -> None:
     """List the installed plugins: name, slot, distribution and version."""
-    rows = describe_installed()
-    if as_json:
-        import json
-
-        click.echo(json.dumps(rows, indent=2))
-        return
-    columns = ("name", "slot", "distribution", "version")
-    widths = {col: max([len(col), *(len(row[col]) for row in rows)]) for col in columns}
-    click.echo("  ".join(col.upper().ljust(widths[col]) for col in columns).rstrip())
-    for row in rows:
-        click.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
+    click.echo(rows_text(describe_installed(), ("name", "slot", "distribution", "version"), as_json))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

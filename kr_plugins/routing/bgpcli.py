@@ -9,12 +9,12 @@ Invariants: read-only; a node whose speaker is not running gets a plain error sa
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import click
 
+from kr_core.tables import rows_text
 from kr_plugins.routing.bgp import DEFAULT_RUN_DIR
 from kr_plugins.routing.speaker import DEFAULT_SPEAKER, Speaker, SpeakerContext, SpeakerError, load_speaker
 
@@ -39,13 +39,6 @@ def _speaker(name: str, run_dir: str, node: str) -> Speaker:
     return speaker
 
 
-def _table(rows: list[dict[str, str]], columns: tuple[str, ...]) -> str:
-    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
-    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 @click.group()
 def bgp() -> None:
     """This node's BGP sessions and routes (routing.bgp)."""
@@ -60,7 +53,7 @@ def peers(node: str, run_dir: str, speaker_name: str, as_json: bool) -> None:
     """The BGP sessions: peer node, address, AS, state and since when."""
     rows = [{"peer": p.peer, "address": p.address, "asn": p.asn, "state": p.state, "since": p.since, "info": p.info}
             for p in _speaker(speaker_name, run_dir, node).sessions()]
-    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows, ("peer", "address", "asn", "state", "since", "info")))
+    click.echo(rows_text(rows, ("peer", "address", "asn", "state", "since", "info"), as_json))
 
 
 @bgp.command()
@@ -72,4 +65,4 @@ def routes(node: str, run_dir: str, speaker_name: str, as_json: bool) -> None:
     """The routes the speaker holds: prefix, next hop, the session (or kr_pods) it came from, and whether it is used."""
     rows = [{"prefix": r.prefix, "via": r.via, "source": r.source, "best": "yes" if r.best else "no"}
             for r in _speaker(speaker_name, run_dir, node).routes()]
-    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows, ("prefix", "via", "source", "best")))
+    click.echo(rows_text(rows, ("prefix", "via", "source", "best"), as_json))
