@@ -41,7 +41,7 @@ from pyroute2 import IPRoute
 from kr_core.backends import Backend, BackendContext, BackendSpec
 from kr_core.changes import ChangeSet
 from kr_core.config import OptionRegistry
-from kr_core.errors import ConfigError
+from kr_core.errors import ConfigError, KrError
 from kr_core.hookspecs import hookimpl
 from kr_core.model import DesiredState
 from kr_plugins.routing.bgpmetrics import BgpCollector
@@ -77,7 +77,8 @@ def bgp_settings(options: Mapping[str, Any]) -> BgpSettings:
                        port=int(options.get("bgp_port") or 179),
                        hold_time=int(options.get("bgp_holdtime") or 90),
                        external_peers=flag_peers(options, _read(options.get("peer_router_passwords_file"))),
-                       multihop_ttl=options.get("peer_router_multihop_ttl") or None,
+                       # kube-router: a TTL below 2 means a direct session
+                       multihop_ttl=ttl if (ttl := int(options.get("peer_router_multihop_ttl") or 0)) >= 2 else None,
                        advertise=AdvertiseSettings(cluster_ip=bool(options.get("advertise_cluster_ip")),
                                                    external_ip=bool(options.get("advertise_external_ip")),
                                                    loadbalancer_ip=bool(options.get("advertise_loadbalancer_ip")),
@@ -153,14 +154,20 @@ class BgpRouting(Backend):
             overlay_first = not set(overlaid) <= set(self._overlaid)
             if routed is not None and overlay_first:
                 failures = self.programmer.apply(ipr, routed.without_direct(), full)
+                if failures:  # the speaker keeps the routes the overlay was to take over
+                    overlaid = tuple(sorted(set(overlaid) & set(self._overlaid)))
             subnet = str(ipaddress.IPv4Network(underlay.network)) if underlay is not None else None
-            if self.speaker.apply(plan, subnet, overlaid):  # the speaker leaves the overlay's CIDRs to it
-                log.info("BGP: %d peer(s), announcing %s%s%s", len(plan.peers), ", ".join(plan.announce) or "nothing",
-                         f"; to external routers also {', '.join(plan.export.vips)}" if plan.export.vips else "",
-                         f"; through the overlay: {', '.join(overlaid)}" if overlaid else "")
-            self._overlaid = overlaid
+            try:
+                if self.speaker.apply(plan, subnet, overlaid):  # the speaker leaves the overlay's CIDRs to it
+                    log.info("BGP: %d peer(s), announcing %s%s%s", len(plan.peers),
+                             ", ".join(plan.announce) or "nothing",
+                             f"; to external routers also {', '.join(plan.export.vips)}" if plan.export.vips else "",
+                             f"; through the overlay: {', '.join(overlaid)}" if overlaid else "")
+                self._overlaid = overlaid
+            except KrError as exc:  # the overlay and egress are still programmed; the sync fails after them
+                failures.append(f"BGP speaker: {exc}")
             if routed is not None and not overlay_first:
-                failures = self.programmer.apply(ipr, routed.without_direct(), full)
+                failures += self.programmer.apply(ipr, routed.without_direct(), full)
         if underlay is None:
             raise RoutingError(f"node IP {plan.local_address} of {desired.node_name} is on no interface in this "
                                "network namespace: no overlay or pod egress (run kr in the node's namespace, "
@@ -170,8 +177,12 @@ class BgpRouting(Backend):
 
     def cleanup(self) -> None:
         self._stopping.set()
-        self.speaker.cleanup()  # BIRD stopped, its routes (proto bird, metric 107) deleted
-        failures = self.programmer.cleanup()  # the egress chain and set, kr-vxlan, kr's protocol-107 routes
+        failures = []
+        try:
+            self.speaker.cleanup()  # BIRD stopped, its routes (proto bird, metric 107) deleted
+        except KrError as exc:  # still remove the overlay and egress
+            failures.append(f"BGP speaker: {exc}")
+        failures += self.programmer.cleanup()  # the egress chain and set, kr-vxlan, kr's protocol-107 routes
         if failures:
             raise RoutingError(f"cleanup incomplete: {'; '.join(failures)}")
 

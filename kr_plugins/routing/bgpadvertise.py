@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kr_core.model import DesiredState, Node, ServicePort, ServiceType, TrafficPolicy
+from kr_plugins.routing.bgppeers import MAX_ASN
 
 ADVERTISE_CLUSTER_IP_ANNOTATION = "kube-router.io/service.advertise.clusterip"
 ADVERTISE_EXTERNAL_IP_ANNOTATION = "kube-router.io/service.advertise.externalip"
@@ -163,7 +164,7 @@ def path_prepend(node: Node, notes: list[str]) -> tuple[int, int] | None:
         number, times = int(asn or ""), int(repeat or "")
     except ValueError:
         number = times = 0
-    if not 1 <= number <= 4294967295 or not 1 <= times <= MAX_PREPEND:
+    if not 1 <= number <= MAX_ASN or not 1 <= times <= MAX_PREPEND:
         notes.append(f"node {node.name}: {PREPEND_AS_ANNOTATION}={asn!r} with {PREPEND_REPEAT_ANNOTATION}={repeat!r} "
                      f"is not an AS number and a count within 1..{MAX_PREPEND}; nothing is prepended")
         return None

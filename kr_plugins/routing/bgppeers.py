@@ -46,10 +46,26 @@ class ExternalPeer:
     local_address: str | None = None  # the address kr's side uses (None: the node's, or any with --override-nexthop)
 
 
-def external_peer(ip: str, asn: str | int, port: str | int | None = None, password: str | None = None,
-                  local_address: str | None = None) -> ExternalPeer:
+#: TCP MD5 keys are at most 80 bytes (TCP_MD5SIG_MAXKEYLEN).
+MAX_PASSWORD_BYTES = 80
+
+
+def _text(value: object, what: str) -> str | None:
+    """``value`` as text: a string or an integer (YAML reads ``port: 179`` as one); anything else (a
+    boolean, a fraction, a list) is refused, never coerced."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{what} {value!r} is neither text nor a whole number")
+
+
+def external_peer(ip: object, asn: object, port: object = None, password: object = None,
+                  local_address: object = None) -> ExternalPeer:
     """One peer from its raw values (``password`` base64-encoded, empty meaning none); ``ValueError``
     says what is wrong."""
+    ip, asn, port = _text(ip, "address") or "", _text(asn, "AS") or "", _text(port, "port")
+    password, local_address = _text(password, "password"), _text(local_address, "local address")
     try:
         address = str(ipaddress.IPv4Address(str(ip).strip()))
         local = str(ipaddress.IPv4Address(local_address.strip())) if local_address and local_address.strip() else None
@@ -57,7 +73,7 @@ def external_peer(ip: str, asn: str | int, port: str | int | None = None, passwo
         raise ValueError(f"{ip!r} or local address {local_address!r} is not an IPv4 address") from None
     try:
         number = int(asn)
-        number_port = int(port) if port not in (None, "") else 179
+        number_port = int(port) if port else 179
     except (TypeError, ValueError):
         raise ValueError(f"AS {asn!r} or port {port!r} is not a number") from None
     if not 1 <= number <= MAX_ASN or not 1 <= number_port <= 65535:
@@ -68,8 +84,10 @@ def external_peer(ip: str, asn: str | int, port: str | int | None = None, passwo
             secret = base64.b64decode(password.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise ValueError("the password is not base64-encoded text") from None
-        if any(c in secret for c in '"\\\n\r'):
-            raise ValueError("the password holds a quote, backslash or line break")
+        if any(c in secret for c in '"\\') or not secret.isprintable():
+            raise ValueError("the password holds a quote, backslash or control character")
+        if len(secret.encode()) > MAX_PASSWORD_BYTES:
+            raise ValueError(f"the password is longer than the {MAX_PASSWORD_BYTES} bytes TCP MD5 takes")
     return ExternalPeer(address, number, number_port, secret or None, local)
 
 

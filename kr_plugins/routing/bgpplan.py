@@ -13,8 +13,9 @@ nodes' pod CIDRs, so nothing else, a service VIP among them, is ever imported). 
 - every node also peers with the external routers of ``--peer-router-*`` and with its own (its
   ``kube-router.io/peers`` annotation; see ``bgppeers``), sending them ``export`` (its pod CIDRs unless
   ``--advertise-pod-cidr=false``, the service addresses ``bgpadvertise`` picks, with the node's communities
-  and path prepend) and taking their routes, except the default route, anything inside a node's pod CIDR
-  and any service address.
+  and path prepend) and taking their routes, except the default route, anything inside a node's pod CIDR,
+  any service address and the node's ``kube-router.io/node.bgp.customimportreject`` prefixes; an
+  external router at a node's address is left out with a note.
 
 Invariants: pure (depends on its arguments only); IPv4 only; deterministic order (equal states give equal
 plans); what the operator should hear about (a bad ASN annotation, a node without address or pod CIDR) is
@@ -199,7 +200,14 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         peer, reflect = peering(my_role, my_asn, rr_role(node, notes), asn, settings.full_mesh)
         if peer:
             peers.append(BgpPeer(node.name, ip, asn, reflect))
-    external_peers = merge_peers(settings.external_peers, node_peers(me, notes))
+    node_ips = {ip for n in desired.nodes if (ip := node_ipv4(n)) is not None}
+    external_peers = []
+    for external in merge_peers(settings.external_peers, node_peers(me, notes)):
+        if external.address in node_ips:  # a second session to a node (or to itself) would clash
+            notes.append(f"external peer {external.address}: that is a node's address (nodes peer by the node "
+                         "rules); left out")
+        else:
+            external_peers.append(external)
     rejected = import_rejects(me, notes)
     export = ExternalExport(pod_cidrs=settings.advertise.pod_cidr, vips=service_vips(desired, settings.advertise, notes),
                             communities=communities(me, notes), prepend=path_prepend(me, notes),
@@ -214,7 +222,7 @@ def plan_bgp(desired: DesiredState, settings: BgpSettings) -> BgpPlan | None:
         port=settings.port,
         hold_time=settings.hold_time,
         notes=tuple(notes),
-        external_peers=external_peers,
+        external_peers=tuple(external_peers),
         cluster_cidrs=tuple(sorted({c for n in desired.nodes for c in _pod_cidrs(n)}, key=ipaddress.IPv4Network)),
         multihop_ttl=settings.multihop_ttl,
         export=export,

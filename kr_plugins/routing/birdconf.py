@@ -4,15 +4,23 @@
 
 - ``kr_pods`` (static): this node's pod CIDRs, announced to every peer (they are ``unreachable`` in BIRD's
   own table only: the kernel export takes BGP routes alone, and the node's bridge serves its pods);
+- ``kr_vips`` (static): the service addresses the plan advertises, as /32s, to external routers only;
 - ``kr_kernel``: BGP-learned routes into the kernel's main table with metric ``KERNEL_METRIC`` (107, kr's
-  route protocol number, as BIRD writes ``proto bird`` itself), ``persist`` so a BIRD restart keeps them
+  route protocol number, as BIRD writes ``proto bird`` itself), never one BIRD could not resolve
+  (``unreachable``) nor one the overlay carries (``overlaid``), ``persist`` so a BIRD restart keeps them
   (and with graceful restart, a BIRD started again in recovery replaces them only once its peers have
-  resent theirs);
-- ``kr_ext_<address>_<port>`` per external router (``--peer-router-*``): eBGP with its password, direct or
-  multihop (``--peer-router-multihop-ttl``), exporting this node's pod CIDRs only (``kr_export_external``:
-  a reflector passes no other node's on) and importing what it sends
-  but the default route, anything inside a node's pod CIDR, any service address and anything inside
-  the node's ``customimportreject`` prefixes (``kr_import_external``);
+  resent theirs); it also learns the kernel's own routes (the default route) and ``kr_direct`` takes the
+  node's subnet, both only so that a multihop peer's next hop resolves: no export filter passes them;
+- ``kr_ext_<address>_<port>`` per external router (the flags' and this node's annotated ones): eBGP, or
+  iBGP for a router in the node's own AS, with its password, direct or multihop
+  (``--peer-router-multihop-ttl``), sending ``kr_export_external`` (this node's pod CIDRs unless
+  ``--advertise-pod-cidr=false``, and ``kr_vips``; with the node's communities and prepended AS path; a
+  reflector passes no other node's CIDR on) and importing what it sends but the default route, anything
+  inside a node's pod CIDR, any service address and anything inside the node's ``customimportreject``
+  prefixes (``kr_import_external``, over an import table, so a changed filter is re-run locally);
+  ``--override-nexthop``: ``next hop self`` and, on a direct session without ``localip``, no pinned local
+  address; graceful restart (``on`` and its time) when the plan has it, here and in the node template,
+  with ``graceful restart wait`` for the recovery;
 - one ``bgp`` protocol per peer from the ``kr_peer`` template: hold time, port, ``direct`` when the peer
   shares this node's subnet (else ``multihop``), ``rr client`` with the cluster id for a peer this node
   reflects to, an import filter accepting exactly ``plan.accept`` and an export filter sending exactly
@@ -62,17 +70,24 @@ def render_bird(plan: BgpPlan, subnet: str | None = None, *, overlaid: tuple[str
         f"router id {plan.router_id};",
         f"graceful restart wait {plan.graceful_restart.deferral};" if plan.graceful_restart else "",
         "protocol device { scan time 10; }",
+        # this node's own subnet, so that a multihop peer's next hop inside it resolves directly (the kernel
+        # protocol learns no device routes); only that network: a direct route for the pod CIDR would
+        # outrank the kr_pods announcement
+        f"protocol direct kr_direct {{ ipv4 {{ import where net = {network}; }}; }}" if network is not None else "",
         "protocol static kr_pods {",
         "  ipv4;",
         *(f"  route {cidr} unreachable;" for cidr in plan.announce),
         "}",
         *(["protocol static kr_vips {", "  ipv4;", *(f"  route {vip}/32 unreachable;" for vip in plan.export.vips), "}"]
           if plan.export.vips else []),
-        f"protocol kernel kr_kernel {{ metric {KERNEL_METRIC}; persist; scan time 10;"
+        # learn: the kernel's own routes (the default route, say) come into BIRD's table, so the next hop
+        # of a multihop peer's route resolves through them; they are never sent to any peer (the export
+        # filters take kr's own announcements and BGP routes only)
+        f"protocol kernel kr_kernel {{ metric {KERNEL_METRIC}; persist; learn; scan time 10;"
         + (" graceful restart;" if plan.graceful_restart else ""),
-        # a route whose next hop BIRD cannot resolve (a multihop peer's, with the overlay off) stays out:
-        # in the kernel it would be "unreachable" and drop what the default route could carry
-        "  ipv4 { import none; export where source = RTS_BGP && dest != RTD_UNREACHABLE"
+        # a route whose next hop BIRD still cannot resolve stays out: in the kernel it would be
+        # "unreachable" and drop what the default route could carry
+        "  ipv4 { import where dest = RTD_UNICAST; export where source = RTS_BGP && dest != RTD_UNREACHABLE"
         + (f" && net !~ {_prefix_set(overlaid)}" if overlaid else "") + "; };",
         "}",
         "filter kr_import {",
@@ -115,7 +130,10 @@ def render_bird(plan: BgpPlan, subnet: str | None = None, *, overlaid: tuple[str
                   f"neighbor {peer.address} port {peer.port} as {peer.asn}; {reach};{password}",
                   f"  hold time {plan.hold_time}; connect delay time 0; connect retry time 5; error wait time 1, 10;"
                   f"{restart} description \"external {peer.address}\";",
-                  f"  ipv4 {{ import filter kr_import_external; export filter kr_export_external;{next_hop} }};", "}"]
+                  # import table: a changed import filter (a service added) is re-run over what the router
+                  # sent, not asked of the router again (a route refresh of maybe a whole table)
+                  f"  ipv4 {{ import table on; import filter kr_import_external; export filter kr_export_external;"
+                  f"{next_hop} }};", "}"]
     return "\n".join(line for line in lines if line) + "\n"
 
 

@@ -159,8 +159,10 @@ class BirdDaemon:
         return parse_sessions(run(["birdc", "-s", str(self.socket), "show", "protocols", "all"]))
 
     def routes(self) -> list[BgpRoute]:
-        """The routes in BIRD's table: this node's announced pod CIDRs and what the peers sent."""
-        return parse_routes(run(["birdc", "-s", str(self.socket), "show", "route"]))
+        """The routes in BIRD's table that BGP concerns: this node's announcements and what the peers sent
+        (not the kernel's own routes and the node's subnet, which BIRD holds only to resolve next hops)."""
+        return parse_routes(run(["birdc", "-s", str(self.socket), "show", "route", "where",
+                                 "source = RTS_BGP || source = RTS_STATIC"]))
 
     def stop(self) -> None:
         """Shut BIRD down (its kernel routes stay: ``persist``) and remove its files."""

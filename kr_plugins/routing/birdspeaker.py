@@ -9,20 +9,23 @@ Invariants:
 - ``heal`` starts a BIRD that died again with the last configuration (its kernel routes stayed:
   ``persist``); with graceful restart on, a BIRD started over routes a previous one left recovers
   gracefully (``bird -R``): it keeps them until its peers have resent theirs;
-- ``cleanup`` stops BIRD and deletes exactly the kernel routes it left (``proto bird``, metric 107);
+- ``cleanup`` stops BIRD and deletes exactly the kernel routes it left (``proto bird``, metric 107), each
+  one tried even when another fails;
 - one of apply, heal and cleanup touches BIRD at a time (the agent's sync and its watchdog thread).
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from kr_plugins.routing.bgpplan import BgpPlan
 from kr_plugins.routing.birdconf import KERNEL_METRIC, render_bird
 from kr_plugins.routing.birddaemon import BirdDaemon
-from kr_plugins.routing.speaker import BgpRoute, BgpSession, SpeakerContext
+from kr_plugins.routing.speaker import BgpRoute, BgpSession, SpeakerContext, SpeakerError
 
 RTPROT_BIRD = 12
 
@@ -79,6 +82,13 @@ class BirdSpeaker:
         with self._lock:
             self._config = None
             self.daemon.stop()
+        failed = []
         with IPRoute() as ipr:
             for dst, dst_len in left_routes(ipr):
-                ipr.route("del", dst=dst, dst_len=dst_len, priority=KERNEL_METRIC, proto=RTPROT_BIRD)
+                try:
+                    ipr.route("del", dst=dst, dst_len=dst_len, priority=KERNEL_METRIC, proto=RTPROT_BIRD)
+                except NetlinkError as exc:
+                    if exc.code != errno.ESRCH:  # gone meanwhile: fine
+                        failed.append(f"{dst}/{dst_len}: {exc}")
+        if failed:
+            raise SpeakerError(f"could not delete BIRD's kernel route(s) {', '.join(failed)}")

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 #: The owner of the options every routing backend shares (``OptionRegistry.add_shared``).
 GROUP = "routing backends"
 
+
 class RoutingError(KrError):
     """The node's routing could not be (fully) programmed."""
 

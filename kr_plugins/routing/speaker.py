@@ -15,8 +15,9 @@ agent's BGP metrics read sessions and routes through the same interface.
 
 Invariants: a speaker is level-triggered (``apply`` gets the complete plan every time and returns whether
 it changed anything); it touches only what it owns (its process, its files under ``run_dir``, its
-kernel routes) and removes all of it, and only it, in ``cleanup``; ``stop`` (a kr restart) must leave the
-sessions and routes in place; every error it raises is a ``KrError`` with a plain message.
+kernel routes) and removes all of it, and only it, in ``cleanup``; there is no stop: when kr stops or
+restarts, the speaker's sessions and routes stay in place; every error it raises is a ``KrError`` with a
+plain message (``load_speaker`` wraps a third party's failure to load or to construct).
 """
 
 from __future__ import annotations
@@ -103,5 +104,10 @@ def load_speaker(name: str, context: SpeakerContext) -> Speaker:
         factory = found[0].load()
     except Exception as exc:  # noqa: BLE001 (a third party's import error, named)
         raise SpeakerError(f"BGP speaker {name!r} ({found[0].value}) failed to load: {exc}") from None
-    speaker: Speaker = factory(context)
+    try:
+        speaker: Speaker = factory(context)
+    except KrError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (a third party's constructor, named)
+        raise SpeakerError(f"BGP speaker {name!r} could not be set up: {type(exc).__name__}: {exc}") from None
     return speaker

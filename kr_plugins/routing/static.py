@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 
 NAME = "routing.static"
 
-# RoutingError and routing_settings live in programmer.py (shared with routing.bgp); kept importable here
-__all__ = ["NAME", "RoutingError", "StaticRouting", "routing_settings"]
-
-
 class StaticRouting(Backend):
     def __init__(self, context: BackendContext) -> None:
         self.settings = routing_settings(context.config.options)

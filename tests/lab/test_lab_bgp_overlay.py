@@ -7,7 +7,9 @@ every node, and ``routing.static``'s VXLAN overlay for the nodes outside a node'
   what they sent;
 - pod traffic leaving the cluster is masqueraded (``--enable-pod-egress``, on by default);
 - ``--overlay-type full`` sends every peer through the overlay and BIRD installs nothing;
-- ``--enable-overlay=false`` leaves a peer in another subnet unrouted, never with an `unreachable` route;
+- ``--enable-overlay=false`` routes a peer in another subnet through the router (its next hop resolved
+  through the default route), never with an `unreachable` route; an external router in the other rack
+  peers multihop with every node, both ways;
 - ``kr cleanup --plugins routing.bgp`` removes BIRD's routes, kr's routes, ``kr-vxlan`` and the egress chain
   and set, and nothing else; the agent started again heals the node.
 
@@ -163,20 +165,59 @@ def test_full_overlay_carries_every_peer(tmp_path: Path) -> None:
         lab_down(state)
 
 
-def test_without_the_overlay_a_peer_in_another_subnet_gets_no_blackhole_route(tmp_path: Path) -> None:
-    """``--enable-overlay=false``: BIRD cannot resolve a multihop peer's next hop, and such a route stays out
-    of the kernel (it would be ``unreachable``, dropping what the default route could carry to a router
-    that knows the pod CIDR); the peers in the rack are BIRD's routes as always."""
+ROUTER = {"node-a1": "172.31.1.1", "node-a2": "172.31.1.1", "node-b1": "172.31.2.1"}  # the lab's router
+
+
+def test_without_the_overlay_a_peer_in_another_subnet_is_routed_through_the_router(tmp_path: Path) -> None:
+    """``--enable-overlay=false``: a node in the other rack is left to BGP, as in kube-router: its route's
+    next hop is resolved through the kernel's default route, so its pod CIDR goes to the router (which, in
+    a real rack, learned it by BGP), never to an ``unreachable`` blackhole; the rack's peers are direct."""
     state = tmp_path / "lab"
     try:
         lab = lab_up(state, "--enable-overlay=false")
-        rack = {"node-a1": {CIDRS["node-a2"]}, "node-a2": {CIDRS["node-a1"]}, "node-b1": set()}
-        assert wait_for(lambda: all(lab.established(n) == 2 and lab.bgp_routes(n) == rack[n] for n in NODES))
+        others = {n: {CIDRS[m] for m in NODES if m != n} for n in NODES}
+        assert wait_for(lambda: all(lab.established(n) == 2 and lab.bgp_routes(n) == others[n] for n in NODES))
         for node in NODES:
-            assert lab.bird_routes(node) == rack[node], (node, lab.sh(node, "ip", "-4", "route"))
-            assert "unreachable" not in lab.sh(node, "ip", "-4", "route", "show", "proto", "bird")
-            assert lab.overlay_routes(node) == set()
-        # BIRD still holds the far rack's CIDR (kr bgp routes shows it), just not in the kernel
-        assert CIDRS["node-b1"] in lab.birdc("node-a1", "show", "route")
+            routes = lab.sh(node, "ip", "-4", "route", "show", "proto", "bird")
+            assert "unreachable" not in routes and lab.overlay_routes(node) == set(), routes
+            for other in NODES:
+                if other != node:
+                    via = ROUTER[node] if RACK[other] != RACK[node] else lab.lab.spec.host(other).ip
+                    assert f"{CIDRS[other]} via {via} " in routes, (node, other, routes)
+    finally:
+        lab_down(state)
+
+
+FAR_BIRD = """\
+router id 172.31.2.100;
+protocol device {}
+protocol kernel { ipv4 { import none; export none; }; learn; }
+protocol static injected { ipv4; route 198.18.5.0/24 unreachable; }
+template bgp node { local 172.31.2.100 as 65000; multihop 3; connect delay time 1; error wait time 1, 10;
+  ipv4 { import all; export where source = RTS_STATIC; }; }
+protocol bgp node_a1 from node { neighbor 172.31.1.11 as 64512; }
+protocol bgp node_a2 from node { neighbor 172.31.1.12 as 64512; }
+protocol bgp node_b1 from node { neighbor 172.31.2.11 as 64512; }
+"""
+
+
+def test_an_external_router_in_another_subnet_peers_multihop_both_ways(tmp_path: Path) -> None:
+    """An external BIRD in rack b (``--peer-router-multihop-ttl 3``): the rack-a nodes reach it through the
+    router; it learns every pod CIDR, and its route is installed on every node, resolved through the
+    kernel's routes (via the router in rack a, directly in rack b)."""
+    state = tmp_path / "lab"
+    conf, ctl = tmp_path / "far.conf", tmp_path / "far.ctl"
+    conf.write_text(FAR_BIRD)
+    try:
+        lab = lab_up(state, "--peer-router-ips=172.31.2.100", "--peer-router-asns=65000",
+                     "--peer-router-multihop-ttl=3")
+        lab.sh("far", "ip", "route", "replace", "default", "via", "172.31.2.1")
+        lab.sh("far", "bird", "-c", str(conf), "-s", str(ctl))
+        assert wait_for(lambda: lab.sh("far", "birdc", "-s", str(ctl), "show", "protocols").count("Established") == 3)
+        assert wait_for(lambda: all(c in lab.sh("far", "birdc", "-s", str(ctl), "show", "route") for c in CIDRS.values()))
+        for node in NODES:
+            assert wait_for(lambda node=node: "198.18.5.0/24" in lab.bgp_routes(node)), lab.sh(node, "ip", "route")
+            route = lab.sh(node, "ip", "-4", "route", "show", "198.18.5.0/24")
+            assert f"via {ROUTER[node] if RACK[node] == 'a' else '172.31.2.100'} " in route, (node, route)
     finally:
         lab_down(state)

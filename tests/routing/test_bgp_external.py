@@ -134,6 +134,16 @@ def test_peers_from_node_annotations() -> None:
                                  ({"kube-router.io/peers": "- remoteip: 1.2.3.4"}, "lacks remoteip or remoteasn"),
                                  ({"kube-router.io/peers": "- {remoteip: 1.2.3.4, remoteasn: x}"}, "not a number"),
                                  ({"kube-router.io/peers": "- [unclosed"}, "not YAML"),
+                                 ({"kube-router.io/peers": "- {remoteip: 1.2.3.4, remoteasn: 1, localip: 10}"},
+                                  "is not an IPv4 address"),
+                                 ({"kube-router.io/peers": "- {remoteip: 1.2.3.4, remoteasn: true}"},
+                                  "neither text nor a whole number"),
+                                 ({"kube-router.io/peers": "- {remoteip: 1.2.3.4, remoteasn: 1, port: 1.5}"},
+                                  "neither text nor a whole number"),
+                                 ({"kube-router.io/peers": "- {remoteip: 1.2.3.4, remoteasn: 1, password: [a]}"},
+                                  "neither text nor a whole number"),
+                                 ({"kube-router.io/peers": "- {remoteip: 1.2.3.4, remoteasn: 1, password: AGI=}"},
+                                  "control character"),
                                  ({"kube-router.io/peer.ips": "1.2.3.4,1.2.3.5", "kube-router.io/peer.asns": "1"},
                                   "2 address")):
         notes = []
@@ -181,7 +191,7 @@ def test_the_bird_configuration_for_external_routers() -> None:
     assert plan is not None
     text = render_bird(plan, SUBNET)
     assert "graceful restart wait 300;" in text
-    assert "protocol kernel kr_kernel { metric 107; persist; scan time 10; graceful restart;" in text
+    assert "protocol kernel kr_kernel { metric 107; persist; learn; scan time 10; graceful restart;" in text
     assert "protocol static kr_vips {\n  ipv4;\n  route 10.96.0.10/32 unreachable;\n" in text
     assert "  route 198.51.100.4/32 unreachable;\n}" in text
     assert ('filter kr_export_external {\n  if proto = "kr_pods" || proto = "kr_vips" then {\n'
@@ -256,3 +266,14 @@ def test_passwords_from_a_file(tmp_path: Path) -> None:
         bgp_settings({**options, "peer_router_passwords": "czNjcmV0,"})
     with pytest.raises(ConfigError, match="--peer-router-passwords-file: .*No such file"):
         bgp_settings({**options, "peer_router_passwords_file": str(tmp_path / "missing")})
+
+
+def test_an_external_peer_at_a_nodes_address_is_left_out() -> None:
+    flags = (ExternalPeer("192.168.50.12", 65000), ExternalPeer("192.168.50.100", 65000))
+    plan = plan_bgp(state(), BgpSettings(external_peers=flags, multihop_ttl=None))
+    assert plan is not None
+    assert plan.external_peers == (ExternalPeer("192.168.50.100", 65000),)
+    assert plan.notes == ("external peer 192.168.50.12: that is a node's address (nodes peer by the node rules); "
+                          "left out",)
+    assert bgp_settings({"peer_router_multihop_ttl": 1}).multihop_ttl is None  # kube-router: below 2, direct
+    assert bgp_settings({"peer_router_multihop_ttl": 4}).multihop_ttl == 4

@@ -81,8 +81,8 @@ def test_the_kernel_export_keeps_the_overlaid_prefixes_out() -> None:
     assert plan is not None
     text = render_bird(plan, SUBNET, overlaid=routed().overlaid)
     kernel = text[text.index("protocol kernel kr_kernel"):text.index("filter kr_import {")]
-    assert kernel == ("protocol kernel kr_kernel { metric 107; persist; scan time 10;\n"
-                      "  ipv4 { import none; export where source = RTS_BGP && dest != RTD_UNREACHABLE"
+    assert kernel == ("protocol kernel kr_kernel { metric 107; persist; learn; scan time 10;\n"
+                      "  ipv4 { import where dest = RTD_UNICAST; export where source = RTS_BGP && dest != RTD_UNREACHABLE"
                       " && net !~ [ 10.244.3.0/24, 10.244.5.0/24 ]; };\n"
                       "}\n")
     # only those lines change: the sessions to the nodes in other subnets stay (multihop), and their pod
@@ -98,7 +98,7 @@ def test_without_overlaid_prefixes_the_configuration_is_byte_identical() -> None
     plan = plan_bgp(STATE, BgpSettings())
     assert plan is not None
     assert render_bird(plan, SUBNET, overlaid=()) == render_bird(plan, SUBNET)
-    assert "  ipv4 { import none; export where source = RTS_BGP && dest != RTD_UNREACHABLE; };\n" in render_bird(plan, SUBNET, overlaid=())
+    assert "  ipv4 { import where dest = RTD_UNICAST; export where source = RTS_BGP && dest != RTD_UNREACHABLE; };\n" in render_bird(plan, SUBNET, overlaid=())
 
 
 @pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD 2 is not installed (scripts/setup.sh installs it)")

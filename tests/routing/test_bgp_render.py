@@ -26,7 +26,7 @@ from kr_plugins.routing.bgpplan import (
     plan_bgp,
 )
 from kr_plugins.routing.birdconf import protocol_name, render_bird
-from kr_plugins.routing.birddaemon import parse_routes, parse_sessions
+from kr_plugins.routing.birddaemon import BirdError, parse_routes, parse_sessions
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("KR_UPDATE_GOLDEN") == "1"
@@ -168,13 +168,15 @@ def test_session_metrics_come_from_birds_sessions() -> None:
     from kr_plugins.routing.bgpmetrics import BgpCollector
 
     class FakeBird:
-        def __init__(self, up: bool) -> None:
+        def __init__(self, up: bool | None) -> None:
             self.up = up
 
         def running(self) -> bool:
-            return self.up
+            return self.up is not False
 
         def sessions(self) -> list:
+            if self.up is None:  # died between running() and sessions()
+                raise BirdError("birdc: no answer")
             return parse_sessions((GOLDEN / "birdc-show-protocols-all.txt").read_text())
 
     registry = CollectorRegistry()
@@ -187,4 +189,6 @@ def test_session_metrics_come_from_birds_sessions() -> None:
     assert 'kr_bgp_routes_received{address="192.168.56.12",peer="kube-node2"} 1.0' in text
     assert 'kr_bgp_routes_advertised{address="192.168.56.13",peer="kube-node3"} 1.0' in text
     bird.up = False
+    assert "kr_bgp_peer_info{" not in generate_latest(registry).decode()
+    bird.up = None  # running() says yes, sessions() fails: the scrape still answers, without sessions
     assert "kr_bgp_peer_info{" not in generate_latest(registry).decode()

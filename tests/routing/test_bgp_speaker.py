@@ -120,3 +120,72 @@ def test_kr_bgp_reads_the_speaker_it_is_told(recording: None, tmp_path: Path) ->
     assert '"prefix": "10.244.2.0/24"' in routes.output and '"best": "yes"' in routes.output
     missing = CliRunner().invoke(bgp, ["peers", "--bgp-speaker", "nope", "--bgp-run-dir", str(tmp_path)])
     assert missing.exit_code == 1 and "no BGP speaker 'nope'" in missing.output
+
+
+class RecordingProgrammer:
+    """Stands in for the overlay and egress programmer: records the order of calls, programs nothing."""
+
+    def __init__(self, calls: list[str], fail: bool = False) -> None:
+        self.calls, self.fail = calls, fail
+
+    def apply(self, ipr: object, plan: object, full: bool) -> list[str]:
+        self.calls.append("programmer")
+        return ["overlay device kr-vxlan: refused"] if self.fail else []
+
+
+class FailingSpeaker(RecordingSpeaker):
+    def apply(self, plan: BgpPlan, subnet: str | None, overlaid: tuple[str, ...]) -> bool:
+        super().apply(plan, subnet, overlaid)
+        raise SpeakerError("BIRD refused kr's configuration")
+
+
+def sync_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, speaker_fails: bool, programmer_fails: bool,
+               far_node: bool) -> tuple[list[str], RecordingSpeaker, str | None]:
+    """One sync of node-a (192.0.2.201/24 on eth0, faked) with node-b in its subnet and, if ``far_node``,
+    node-c in another; returns the call order, the speaker and the sync's error."""
+    from kr_plugins.routing import bgp as bgp_module
+    from kr_plugins.routing.routes import Underlay
+
+    monkeypatch.setattr(bgp_module, "read_underlay", lambda ipr, ip: Underlay(ip, "192.0.2.0/24", "eth0", 1500))
+    monkeypatch.setattr(bgp_module, "load_speaker", lambda name, context: (FailingSpeaker if speaker_fails
+                                                                          else RecordingSpeaker)(context))
+    calls: list[str] = []
+    backend = BgpRouting(BackendContext(AgentConfig("node-a", ("routing.bgp",), {"bgp_run_dir": str(tmp_path)}),
+                                        lambda: None))
+    backend.programmer = RecordingProgrammer(calls, programmer_fails)  # type: ignore[assignment]
+    speaker = RecordingSpeaker.made[-1]
+    original = speaker.apply
+
+    def apply(plan: BgpPlan, subnet: str | None, overlaid: tuple[str, ...]) -> bool:
+        calls.append("speaker")
+        return original(plan, subnet, overlaid)
+
+    speaker.apply = apply  # type: ignore[method-assign]
+    rows = [("node-a", "192.0.2.201", "10.244.1.0/24"), ("node-b", "192.0.2.202", "10.244.2.0/24")]
+    rows += [("node-c", "198.51.100.9", "10.244.3.0/24")] if far_node else []
+    nodes = tuple(Node(n, (NodeAddress("InternalIP", ip),), (cidr,), FrozenMap(), FrozenMap()) for n, ip, cidr in rows)
+    try:
+        backend.sync(DesiredState(node_name="node-a", node=nodes[0], nodes=nodes), full=True, changed=ChangeSet())
+    except RoutingError as exc:
+        return calls, speaker, str(exc)
+    return calls, speaker, None
+
+
+def test_the_speaker_goes_first_unless_a_peer_moves_onto_the_overlay(
+        recording: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls, speaker, error = sync_order(monkeypatch, tmp_path, False, False, far_node=False)
+    assert (calls, error) == (["speaker", "programmer"], None)
+    calls, speaker, error = sync_order(monkeypatch, tmp_path, False, False, far_node=True)
+    assert (calls, error) == (["programmer", "speaker"], None)
+    assert speaker.applied[-1][2] == ("10.244.3.0/24",)  # the speaker leaves node-c's CIDR to the overlay
+    # the overlay failed: the speaker keeps node-c's route (it is not told the overlay carries it)
+    calls, speaker, error = sync_order(monkeypatch, tmp_path, False, True, far_node=True)
+    assert calls == ["programmer", "speaker"] and speaker.applied[-1][2] == ()
+    assert error is not None and "kr-vxlan: refused" in error
+
+
+def test_a_speaker_failure_still_programs_the_overlay_and_egress(
+        recording: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls, _, error = sync_order(monkeypatch, tmp_path, True, False, far_node=False)
+    assert calls == ["speaker", "programmer"]
+    assert error == "1 routing failure(s): BGP speaker: BIRD refused kr's configuration"
