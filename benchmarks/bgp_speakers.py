@@ -112,12 +112,27 @@ def bird_config(i: int, nodes: int, extra: bool) -> str:
             " ipv4 { import all; export where source = RTS_STATIC; next hop self; }; }\n" + peers)
 
 
-class Bird:
-    name = "bird"
+class Speakers:
+    """One speaker process per node, started by ``start``; ``stop`` kills them (and what ``pids`` lists)."""
 
     def __init__(self, cluster: Cluster, work: Path) -> None:
         self.cluster, self.work = cluster, work
         self.procs: list[subprocess.Popen[bytes]] = []
+
+    def pids(self) -> list[list[int]]:
+        return [[p.pid] for p in self.procs]  # ip netns exec execs the speaker: the same pid
+
+    def stop(self) -> None:
+        helpers = [pid for pids in self.pids() for pid in pids[1:]]
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        for pid in helpers:
+            sh("kill", "-9", str(pid), check=False)
+
+
+class Bird(Speakers):
+    name = "bird"
 
     def start(self) -> None:
         n = len(self.cluster.nodes)
@@ -142,13 +157,6 @@ class Bird:
         (self.work / "bird1.conf").write_text(bird_config(1, n, extra=True))
         ns_exec(self.cluster.nodes[0], "birdc", "-s", str(self.work / "bird1.ctl"), "configure")
 
-    def pids(self) -> list[list[int]]:
-        return [[p.pid] for p in self.procs]  # ip netns exec execs bird: the same pid
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.kill()
-            p.wait()
 
 
 # ---------------------------------------------------------------- ExaBGP
@@ -163,12 +171,8 @@ def exabgp_config(i: int, nodes: int, api: str) -> str:
     return f"process kr {{ run {api}; encoder json; }}\n{neighbors}"
 
 
-class ExaBGP:
+class ExaBGP(Speakers):
     name = "exabgp"
-
-    def __init__(self, cluster: Cluster, work: Path) -> None:
-        self.cluster, self.work = cluster, work
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         n = len(self.cluster.nodes)
@@ -197,14 +201,6 @@ class ExaBGP:
             children = sh("pgrep", "-P", str(p.pid), check=False).split()
             out.append([p.pid, *map(int, children)])
         return out
-
-    def stop(self) -> None:
-        helpers = [pid for pids in self.pids() for pid in pids[1:]]
-        for p in self.procs:
-            p.kill()
-            p.wait()
-        for pid in helpers:
-            sh("kill", "-9", str(pid), check=False)
 
 
 def api_process(i: int, work: Path) -> None:

@@ -17,6 +17,7 @@ is reported as such, with the package to install; so is a BGP port another progr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import re
 import shutil
 import time
@@ -117,10 +118,11 @@ class BirdDaemon:
         done = run_unchecked(["birdc", "-s", str(self.socket), "show", "status"], timeout=5)
         return done.returncode == 0 and "Daemon is up and running" in done.stdout
 
-    def apply(self, config: str, recover: bool = False) -> bool:
-        """Run BIRD with ``config``; returns whether anything was (re)started or reconfigured. A BIRD started
-        with ``recover`` does graceful-restart recovery (``bird -R``): it keeps the kernel routes a previous
-        BIRD left until its peers have sent their routes again (or ``graceful restart wait`` ran out)."""
+    def apply(self, config: str, recover: Callable[[], bool] = lambda: False) -> bool:
+        """Run BIRD with ``config``; returns whether anything was (re)started or reconfigured. ``recover`` is
+        asked only when BIRD is to be started: if it says so, BIRD does graceful-restart recovery
+        (``bird -R``), keeping the kernel routes a previous BIRD left until its peers have sent their
+        routes again (or ``graceful restart wait`` ran out)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         alive = self.running()
         if alive and self.config.exists() and self.config.read_text() == config:
@@ -138,7 +140,7 @@ class BirdDaemon:
             if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
                 raise BirdError(f"birdc configure: {out.strip()}")
         else:
-            self._start(recover)
+            self._start(recover())
         return True
 
     def _start(self, recover: bool) -> None:

@@ -50,7 +50,7 @@ class BirdSpeaker:
         config = render_bird(plan, subnet, overlaid=overlaid)
         with self._lock:
             self._graceful = plan.graceful_restart is not None
-            changed = self.daemon.apply(config, recover=self._recovering())
+            changed = self.daemon.apply(config, recover=self._recovering)
             self._config = config
         return changed
 
@@ -58,12 +58,12 @@ class BirdSpeaker:
         with self._lock:
             if self._config is None or self.daemon.running():
                 return False
-            self.daemon.apply(self._config, recover=self._recovering())
+            self.daemon.apply(self._config, recover=self._recovering)
             return True
 
     def _recovering(self) -> bool:
         """Whether a BIRD started now should recover gracefully: graceful restart is on and a previous
-        BIRD's routes are in the kernel."""
+        BIRD's routes are in the kernel (asked only when BIRD is started, not on every apply)."""
         if not self._graceful:
             return False
         with IPRoute() as ipr:
